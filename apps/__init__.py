@@ -1,0 +1,1 @@
+"""Domain applications built on :mod:`core`."""

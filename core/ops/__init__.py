@@ -1,0 +1,34 @@
+"""SSM kernels with mamba_ssm's argument names and layouts, several backends each.
+
+Backends, per op:
+    ``reference``  plain sequential recurrence (any dtype, the test oracle)
+    ``cpu``        fast path for CPU tensors
+    ``triton``     our Triton kernels (CUDA tensors, or the CPU under TRITON_INTERPRET=1)
+    ``mamba_ssm`` / ``causal_conv1d``  the CUDA packages, when importable
+
+``backend="auto"`` picks the fastest one that can run on the given tensors;
+:func:`available_backends` and :func:`resolve_backend` show the choice.
+"""
+from __future__ import annotations
+
+from .dispatch import (
+    available_backends,
+    causal_conv1d,
+    causal_conv1d_update,
+    register_backend,
+    resolve_backend,
+    selective_scan,
+    ssd_scan,
+)
+from .reference import (
+    causal_conv1d_ref,
+    causal_conv1d_update_ref,
+    selective_scan_ref,
+    ssd_scan_ref,
+)
+
+__all__ = [
+    "available_backends", "causal_conv1d", "causal_conv1d_update", "register_backend",
+    "resolve_backend", "selective_scan", "ssd_scan", "causal_conv1d_ref",
+    "causal_conv1d_update_ref", "selective_scan_ref", "ssd_scan_ref",
+]

@@ -1,0 +1,135 @@
+"""Backend registry and the public op entry points."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from . import reference
+
+# op name -> backend name -> (implementation, predicate(tensor) -> can run)
+_REGISTRY: Dict[str, Dict[str, tuple]] = {
+    "selective_scan": {}, "ssd_scan": {}, "causal_conv1d": {}, "causal_conv1d_update": {},
+}
+# Preference order for backend="auto"; the first one that can run wins.
+_AUTO_ORDER = ["mamba_ssm", "causal_conv1d", "triton", "cpu", "reference"]
+
+
+def _any_device(t: torch.Tensor) -> bool:
+    return True
+
+
+def register_backend(op: str, name: str, fn: Callable, can_run: Callable[[torch.Tensor], bool] = _any_device):
+    """Register ``fn`` as backend ``name`` of ``op``; ``can_run(first_tensor_arg)`` gates it."""
+    if op not in _REGISTRY:
+        raise KeyError(f"unknown op {op!r}; ops are {sorted(_REGISTRY)}")
+    _REGISTRY[op][name] = (fn, can_run)
+
+
+def available_backends(op: str = "selective_scan", device: Optional[torch.device | str] = None) -> List[str]:
+    """Backends of ``op`` registered here, in ``auto`` preference order.
+
+    With ``device`` only those that can run on tensors of that device.
+    """
+    names = sorted(_REGISTRY[op], key=lambda n: _AUTO_ORDER.index(n) if n in _AUTO_ORDER else len(_AUTO_ORDER))
+    if device is None:
+        return names
+    probe = torch.empty(0, device=device) if str(device) != "meta" else torch.empty(0)
+    return [n for n in names if _REGISTRY[op][n][1](probe)]
+
+
+def resolve_backend(op: str, backend: str, tensor: torch.Tensor) -> str:
+    """The backend name that ``backend`` ("auto" or a name) means for ``tensor``."""
+    table = _REGISTRY[op]
+    if backend != "auto":
+        if backend not in table:
+            raise ValueError(f"{op}: backend {backend!r} is not available here; "
+                             f"available: {available_backends(op)}")
+        if not table[backend][1](tensor):
+            raise ValueError(f"{op}: backend {backend!r} cannot run on {tensor.device} tensors")
+        return backend
+    for name in available_backends(op):
+        if table[name][1](tensor):
+            return name
+    return "reference"
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, initial_state=None, backend="auto"):
+    """Mamba-1 selective scan (``selective_scan_fn`` semantics).
+
+    Shapes: ``u, delta, z``: (batch, dim, L); ``A``: (dim, N); ``B, C``:
+    (batch, N, L) or grouped (batch, G, N, L); ``D, delta_bias``: (dim,);
+    ``initial_state``: (batch, dim, N). Returns out (batch, dim, L) and, with
+    ``return_last_state``, the last state (batch, dim, N).
+    """
+    name = resolve_backend("selective_scan", backend, u)
+    fn = _REGISTRY["selective_scan"][name][0]
+    return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+              return_last_state=return_last_state, initial_state=initial_state)
+
+
+def ssd_scan(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
+             initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf")),
+             backend="auto"):
+    """Mamba-2 SSD scan (``mamba_chunk_scan_combined`` semantics).
+
+    Shapes: ``x``: (batch, L, heads, headdim); ``dt``: (batch, L, heads);
+    ``A``: (heads,); ``B, C``: (batch, L, groups, N); ``D``: (heads,) or
+    (heads, headdim); ``z``: like ``x``; ``initial_states``: (batch, heads,
+    headdim, N). Returns out like ``x`` and, with ``return_final_states``, the
+    final states (batch, heads, headdim, N).
+    """
+    name = resolve_backend("ssd_scan", backend, x)
+    fn = _REGISTRY["ssd_scan"][name][0]
+    return fn(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
+              dt_softplus=dt_softplus, initial_states=initial_states,
+              return_final_states=return_final_states, dt_limit=dt_limit)
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, backend="auto"):
+    """Depthwise causal conv: ``x`` (batch, dim, L), ``weight`` (dim, width) -> (batch, dim, L)."""
+    name = resolve_backend("causal_conv1d", backend, x)
+    return _REGISTRY["causal_conv1d"][name][0](x, weight, bias=bias, activation=activation,
+                                               initial_states=initial_states)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend="auto"):
+    """One step: ``x`` (batch, dim), ``conv_state`` (batch, dim, width) updated in place -> (batch, dim)."""
+    name = resolve_backend("causal_conv1d_update", backend, x)
+    return _REGISTRY["causal_conv1d_update"][name][0](x, conv_state, weight, bias=bias,
+                                                      activation=activation)
+
+
+def _conv_torch(x, weight, bias=None, activation=None, initial_states=None):
+    # One grouped conv call: the fast path on CPU and a fine fallback on GPU.
+    width = weight.shape[1]
+    if initial_states is not None:
+        xp = torch.cat([initial_states.to(x.dtype), x], dim=-1)
+        out = torch.nn.functional.conv1d(xp, weight[:, None, :], bias, groups=x.shape[1])
+    else:
+        out = torch.nn.functional.conv1d(x, weight[:, None, :], bias, padding=width - 1,
+                                         groups=x.shape[1])[..., : x.shape[-1]]
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+    return torch.nn.functional.silu(out) if activation else out
+
+
+register_backend("selective_scan", "reference", reference.selective_scan_ref)
+register_backend("ssd_scan", "reference", reference.ssd_scan_ref)
+register_backend("causal_conv1d", "reference", reference.causal_conv1d_ref)
+register_backend("causal_conv1d", "cpu", _conv_torch)
+register_backend("causal_conv1d_update", "reference", reference.causal_conv1d_update_ref)
+
+
+def _load_optional_backends():
+    """Import fast backends that register themselves; missing packages are fine."""
+    for mod in ("core.ops.cpu_scan", "core.ops.triton_scan", "core.ops.cuda_ext"):
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod)
+
+
+if os.environ.get("CORE_OPS_REFERENCE_ONLY") != "1":
+    _load_optional_backends()
