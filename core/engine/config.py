@@ -1,0 +1,156 @@
+"""Config files plus command-line overrides, the same way in every ``ssm-<app>`` script.
+
+Precedence, lowest first: the app's defaults, ``--config FILE`` (YAML or JSON),
+explicit command-line flags, then ``--set key.sub=value`` pairs.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+import yaml
+
+from .errors import UserError
+
+_MAX_TIME = re.compile(r"^(\d{1,2}):(\d{2}):(\d{2}):(\d{2})$")
+
+
+def parse_max_time(value: Optional[str]) -> Optional[str]:
+    """Validate Lightning's ``DD:HH:MM:SS`` duration; returns it unchanged (or None)."""
+    if value is None:
+        return None
+    m = _MAX_TIME.match(str(value).strip())
+    if not m or int(m.group(2)) > 23 or int(m.group(3)) > 59 or int(m.group(4)) > 59:
+        raise UserError("--max-time", f"expected DD:HH:MM:SS (e.g. 00:01:30:00), got {value!r}")
+    return str(value).strip()
+
+
+def max_time_seconds(value: Optional[str]) -> Optional[float]:
+    """``DD:HH:MM:SS`` -> seconds (None stays None)."""
+    if value is None:
+        return None
+    d, h, m, s = (int(p) for p in parse_max_time(value).split(":"))
+    return float(((d * 24 + h) * 60 + m) * 60 + s)
+
+
+def load_config(path: Optional[str | Path]) -> Dict[str, Any]:
+    """Read a YAML or JSON mapping; ``None`` gives ``{}``."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(p, "config file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(p, f"cannot parse config: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(p, "config must be a mapping of keys to values")
+    return data
+
+
+def _set_dotted(cfg: Dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = cfg
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def parse_set_pairs(pairs: Iterable[str]) -> Dict[str, Any]:
+    """``["model.d_model=64", "lr=1e-3"]`` -> nested dict with YAML-typed values."""
+    out: Dict[str, Any] = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise UserError("--set", f"expected key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _set_dotted(out, key.strip(), value)
+    return out
+
+
+def deep_update(base: Dict[str, Any], other: Mapping[str, Any]) -> Dict[str, Any]:
+    """Recursively merge ``other`` into a copy of ``base``."""
+    out = copy.deepcopy(base)
+    for k, v in other.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def merge_config(defaults: Mapping[str, Any], file_cfg: Mapping[str, Any] | None = None,
+                 overrides: Mapping[str, Any] | None = None,
+                 strict: bool = True) -> Dict[str, Any]:
+    """defaults <- config file <- overrides (``None`` override values are ignored).
+
+    With ``strict``, top-level keys of the file that the defaults do not know
+    are an error, so a typo does not silently do nothing.
+    """
+    file_cfg = dict(file_cfg or {})
+    if strict:
+        unknown = sorted(set(file_cfg) - set(defaults))
+        if unknown:
+            raise UserError("config", f"unknown keys {unknown}; known: {sorted(defaults)}")
+    cfg = deep_update(dict(defaults), file_cfg)
+    return deep_update(cfg, {k: v for k, v in (overrides or {}).items() if v is not None})
+
+
+def add_trainer_args(parser: argparse.ArgumentParser, out_required: bool = True) -> None:
+    """Flags every ``train``/``pretrain`` subcommand shares (hardware, time, seed, config)."""
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", required=out_required, help="run directory (checkpoints, logs, metrics)")
+    g.add_argument("--config", default=None, help="YAML/JSON file with config values")
+    g.add_argument("--set", dest="set_pairs", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value (dotted keys), repeatable")
+    g.add_argument("--max-epochs", type=int, default=None)
+    g.add_argument("--max-time", default=None, help="wall-clock limit DD:HH:MM:SS")
+    g.add_argument("--seed", type=int, default=None, help="random seed (reproducible runs)")
+    g.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out")
+    h = parser.add_argument_group("hardware")
+    h.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
+    h.add_argument("--devices", default="auto", help="number of devices or 'auto'")
+    h.add_argument("--num-nodes", type=int, default=1)
+    h.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
+    h.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed")
+    h.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+
+
+def trainer_kwargs_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """The :func:`core.engine.make_trainer` keywords from :func:`add_trainer_args` flags."""
+    devices = args.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    return dict(max_epochs=args.max_epochs, max_time=parse_max_time(args.max_time),
+                accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
+                strategy=args.strategy, precision=args.precision)
+
+
+def prepare_run_dir(out: str | Path, overwrite: bool) -> Path:
+    """Create ``out``; a non-empty existing one needs ``overwrite``."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UserError(p, "exists and is not a directory")
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        raise UserError(p, "run directory is not empty (pass --overwrite to reuse it)")
+    p.mkdir(parents=True, exist_ok=True)
+    return p

@@ -1,0 +1,126 @@
+"""Lightning Trainer factory and checkpoint loading shared by every app."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Type, TypeVar
+
+import torch
+
+from .config import parse_max_time
+from .errors import UserError
+
+M = TypeVar("M")
+
+
+def seed_everything(seed: Optional[int]) -> Optional[int]:
+    """Seed Python, NumPy and torch (and data-loader workers); ``None`` does nothing."""
+    if seed is None:
+        return None
+    import lightning
+
+    return lightning.seed_everything(int(seed), workers=True, verbose=False)
+
+
+def _quiet_lightning() -> None:
+    # Lightning's tips about workers and tensor cores are noise for our users.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.*treespec.*")
+
+
+def make_trainer(out_dir: str | Path, max_epochs: Optional[int] = None, max_time: Optional[str] = None,
+                 accelerator: str = "auto", devices: Any = "auto", num_nodes: int = 1,
+                 strategy: Any = "auto", precision: Any = "32-true", monitor: Optional[str] = None,
+                 mode: str = "min", progress: bool = True, loggers: Sequence[str] = ("csv", "tensorboard"),
+                 callbacks: Iterable[Any] = (), save_last: bool = True, **trainer_kwargs):
+    """A ``lightning.Trainer`` writing everything under ``out_dir``.
+
+    - logs: ``out_dir/logs/`` (CSV ``metrics.csv`` and TensorBoard events)
+    - checkpoints: ``out_dir/checkpoints/best.ckpt`` (by ``monitor``, if given) and ``last.ckpt``
+    - progress: Rich progress bar on a terminal, Lightning's plain bar otherwise
+    - ``max_time`` in Lightning's ``DD:HH:MM:SS``; CPU, one or many GPUs and nodes
+      through ``accelerator``/``devices``/``num_nodes``/``strategy`` (e.g. "ddp").
+    Extra keywords go to ``lightning.Trainer``.
+    """
+    import lightning
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    _quiet_lightning()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cbs = list(callbacks)
+    ckpt_dir = out / "checkpoints"
+    if trainer_kwargs.get("enable_checkpointing", True):
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
+                                   save_top_k=1, save_last=save_last, auto_insert_metric_name=False))
+    if progress:
+        import sys
+
+        cbs.append(RichProgressBar(leave=True) if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=20))
+    logs = []
+    if "csv" in loggers:
+        logs.append(CSVLogger(out, name="logs", version=""))
+    if "tensorboard" in loggers:
+        try:
+            logs.append(TensorBoardLogger(out, name="logs", version="", default_hp_metric=False))
+        except ModuleNotFoundError:  # tensorboard is optional at run time
+            pass
+    trainer_kwargs.setdefault("log_every_n_steps", 10)
+    if max_epochs is None and max_time is None:
+        max_epochs = 10
+    if accelerator == "auto" and not torch.cuda.is_available():
+        accelerator = "cpu"
+    return lightning.Trainer(
+        default_root_dir=str(out), max_epochs=max_epochs if max_epochs is not None else -1,
+        max_time=parse_max_time(max_time), accelerator=accelerator, devices=devices,
+        num_nodes=num_nodes, strategy=strategy, precision=precision, callbacks=cbs,
+        logger=logs or False, enable_progress_bar=progress, enable_model_summary=False,
+        **trainer_kwargs)
+
+
+def best_or_last_checkpoint(out_dir: str | Path) -> Path:
+    """``out_dir/checkpoints/best.ckpt`` if present, else ``last.ckpt``."""
+    ck = Path(out_dir) / "checkpoints"
+    for name in ("best.ckpt", "last.ckpt"):
+        if (ck / name).is_file():
+            return ck / name
+    raise UserError(ck, "no checkpoint was written")
+
+
+def load_module(ckpt_path: str | Path, module_cls: Type[M], map_location: Any = "cpu", **kwargs) -> M:
+    """Load a LightningModule whose config travels in the checkpoint (``save_hyperparameters``).
+
+    Any failure becomes a one-line :class:`UserError` naming the file.
+    """
+    p = Path(ckpt_path)
+    if not p.is_file():
+        raise UserError(p, "checkpoint not found")
+    try:
+        module = module_cls.load_from_checkpoint(str(p), map_location=map_location, weights_only=False,
+                                                 **kwargs)
+    except UserError:
+        raise
+    except Exception as e:  # corrupt zip, wrong app, missing keys...
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(p, f"not a valid {module_cls.__name__} checkpoint ({first})") from None
+    module.eval()
+    return module
+
+
+def progress(iterable: Iterable, description: str = "working", total: Optional[int] = None):
+    """Iterate with a Rich progress bar on stderr (hidden when ``SSM_NO_PROGRESS=1``)."""
+    if os.environ.get("SSM_NO_PROGRESS") == "1":
+        yield from iterable
+        return
+    from rich.console import Console
+    from rich.progress import track
+
+    yield from track(iterable, description=description, total=total, console=Console(stderr=True),
+                     transient=False)
