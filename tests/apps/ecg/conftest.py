@@ -1,0 +1,40 @@
+"""Shared fixtures: the 50 real Challenge records and helpers that write broken copies to tmp_path."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+SAMPLE = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "ecg" / "cinc2021-sample"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    if not (SAMPLE / "E07500.hea").is_file():
+        pytest.skip(f"real ECG sample data not found at {SAMPLE}")
+    return SAMPLE.resolve()
+
+
+def copy_record(src_dir: Path, rec: str, dst_dir: Path, name: str | None = None, edit=None, val=None) -> Path:
+    """Copy ``rec`` to ``dst_dir/name``; ``edit(lines) -> lines`` changes the header text,
+    ``val`` replaces the signal matrix. Returns the new record path (no extension)."""
+    name = name or rec
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    lines = (src_dir / f"{rec}.hea").read_text().splitlines()
+    lines = [l.replace(f"{rec}.mat", f"{name}.mat") for l in lines]
+    lines[0] = lines[0].replace(rec, name, 1)
+    if edit is not None:
+        lines = edit(lines)
+    (dst_dir / f"{name}.hea").write_text("\n".join(lines) + "\n")
+    if val is None:
+        shutil.copy(src_dir / f"{rec}.mat", dst_dir / f"{name}.mat")
+    else:
+        scipy.io.savemat(str(dst_dir / f"{name}.mat"), {"val": val}, format="4")
+    return dst_dir / name
+
+
+def load_val(src_dir: Path, rec: str) -> np.ndarray:
+    return scipy.io.loadmat(str(src_dir / f"{rec}.mat"))["val"]
