@@ -1,0 +1,40 @@
+"""Default configuration of ``ssm-medseg`` (override with ``--config FILE`` and ``--set key=value``)."""
+from __future__ import annotations
+
+DEFAULTS = {
+    "data": {
+        "spacing": [1.5, 1.5, 1.5],    # target voxel size (mm) after RAS reorientation; null keeps the input's
+        "norm": "zscore",              # zscore (MRI, nnU-Net style) | percentile (robust [0,1]) | ct | none
+        "ct_window": [-175.0, 250.0],  # HU window for norm=ct
+        "percentiles": [0.5, 99.5],    # for norm=percentile
+        "crop_foreground": True,
+        "patch_size": [64, 64, 64],
+        "samples_per_volume": 2,
+        "pos": 2,                      # RandCropByPosNegLabel ratio of foreground- to background-centred patches
+        "neg": 1,
+        "aug": "strong",               # strong (cross-scanner) | light | none
+        "rotate_deg": 20.0,
+        "scale_range": [0.8, 1.25],
+        "flip_axes": [],               # e.g. [0] for left-right symmetric anatomy
+        "num_classes": None,           # background included; None: from dataset.json labels or the data
+        "val_fraction": 0.2,
+    },
+    "model": {"preset": "tiny"},       # preset name plus any UNetMamba keyword to override
+    "train": {
+        "lr": 2e-3,
+        "weight_decay": 1e-5,
+        "batch_size": 2,
+        "steps_per_epoch": 25,         # patches are random: an "epoch" is a fixed number of steps
+        "val_every": 1,
+        "sw_batch_size": 2,
+        "overlap": 0.25,
+        "init_from": None,
+    },
+    "pretrain": {
+        "mask_ratio": 0.75,
+        "lr": 2e-3,
+        "weight_decay": 0.05,
+        "batch_size": 2,
+        "steps_per_epoch": 25,
+    },
+}
