@@ -14,7 +14,7 @@ _REGISTRY: Dict[str, Dict[str, tuple]] = {
     "selective_scan": {}, "ssd_scan": {}, "causal_conv1d": {}, "causal_conv1d_update": {},
 }
 # Preference order for backend="auto"; the first one that can run wins.
-_AUTO_ORDER = ["mamba_ssm", "causal_conv1d", "triton", "cpu", "reference"]
+_AUTO_ORDER = ["mamba_ssm", "causal_conv1d", "cpu", "triton", "torch", "reference"]
 
 
 def _any_device(t: torch.Tensor) -> bool:
@@ -51,6 +51,8 @@ def resolve_backend(op: str, backend: str, tensor: torch.Tensor) -> str:
             raise ValueError(f"{op}: backend {backend!r} cannot run on {tensor.device} tensors")
         return backend
     for name in available_backends(op):
+        if name == "triton" and not tensor.is_cuda:
+            continue  # the Triton interpreter runs on CPU only when asked for by name
         if table[name][1](tensor):
             return name
     return "reference"
@@ -126,7 +128,7 @@ register_backend("causal_conv1d_update", "reference", reference.causal_conv1d_up
 
 def _load_optional_backends():
     """Import fast backends that register themselves; missing packages are fine."""
-    for mod in ("core.ops.cpu_scan", "core.ops.triton_scan", "core.ops.cuda_ext"):
+    for mod in ("core.ops.torch_scan", "core.ops.cpu_scan", "core.ops.triton_scan", "core.ops.cuda_ext"):
         if importlib.util.find_spec(mod) is not None:
             importlib.import_module(mod)
 

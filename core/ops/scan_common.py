@@ -1,0 +1,98 @@
+"""Pieces shared by the fast selective-scan backends.
+
+Every backend implements only the core recurrence ``h_t = exp(dt_t A) h_{t-1} +
+dt_t u_t B_t``, ``y_t = <C_t, h_t>`` as an autograd.Function on already
+softplus'd ``dt``; :func:`selective_scan_with` adds the cheap (batch, dim, L)
+parts around it (delta_bias, softplus, D, z, dtype casts) with plain autograd,
+which keeps only (batch, dim, L)-sized tensors for backward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp16/bf16 inputs are computed (and accumulated) in fp32."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def bc_layout(M: torch.Tensor, dim: int):
+    """B or C as a contiguous (.., L, N)-last tensor plus element strides.
+
+    Returns ``(M2, G, s_b, s_g, s_t)`` with element (b, g, t, n) of M2 at
+    ``b*s_b + g*s_g + t*s_t + n``. Accepts (batch, N, L), (batch, G, N, L) and
+    time-invariant (dim, N).
+    """
+    if M.dim() == 2:
+        M2 = M.contiguous()
+        return M2, dim, 0, M2.shape[1], 0
+    if M.dim() == 3:
+        M2 = M.transpose(1, 2).contiguous()          # (batch, L, N)
+        L, N = M2.shape[1:]
+        return M2, 1, L * N, 0, N
+    G = M.shape[1]
+    if dim % G:
+        raise ValueError(f"dim {dim} is not divisible by the number of groups {G}")
+    M2 = M.transpose(2, 3).contiguous()              # (batch, G, L, N)
+    L, N = M2.shape[2:]
+    return M2, G, G * L * N, L * N, N
+
+
+def bc_unlayout(g2: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Inverse of :func:`bc_layout` for a gradient laid out like ``M2``; ``ndim`` of the original."""
+    if ndim == 2:
+        return g2
+    return g2.transpose(-1, -2)
+
+
+def check_scan_args(u, delta, A, B, C, initial_state):
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must both be (batch, dim, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
+    batch, dim, L = u.shape
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be (dim={dim}, N); got {tuple(A.shape)}")
+    if A.is_complex():
+        raise ValueError("complex A is not supported")
+    N = A.shape[1]
+    for name, M in (("B", B), ("C", C)):
+        ok = ((M.dim() == 2 and tuple(M.shape) == (dim, N))
+              or (M.dim() == 3 and tuple(M.shape) == (batch, N, L))
+              or (M.dim() == 4 and M.shape[0] == batch and M.shape[2:] == (N, L)))
+        if not ok:
+            raise ValueError(f"{name} must be (batch, N, L), (batch, G, N, L) or (dim, N) with "
+                             f"batch={batch}, N={N}, L={L}; got {tuple(M.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (batch, dim, N):
+        raise ValueError(f"initial_state must be (batch, dim, N)=({batch}, {dim}, {N}); "
+                         f"got {tuple(initial_state.shape)}")
+
+
+def selective_scan_with(core, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                        delta_softplus=False, return_last_state=False, initial_state=None):
+    """``selective_scan_fn`` semantics around ``core(u, dt, A, B, C, h0) -> (y, h_last)``.
+
+    ``core`` gets tensors in the working dtype (fp32 for half inputs) and
+    ``h0`` may be None. Returns out (batch, dim, L) in ``u.dtype`` and, with
+    ``return_last_state``, the last state (batch, dim, N) in the working dtype.
+    """
+    check_scan_args(u, delta, A, B, C, initial_state)
+    dtype_in = u.dtype
+    work = work_dtype(dtype_in)
+    u_, dt = u.to(work), delta.to(work)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(work)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    h0 = initial_state.to(work) if initial_state is not None else None
+    y, last = core(u_, dt, A.to(work), B.to(work), C.to(work), h0)
+    if D is not None:
+        y = y + u_ * D.to(work)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(work))
+    out = y.to(dtype_in)
+    return (out, last) if return_last_state else out
+
+
+def chunk_len(N: int) -> int:
+    """Checkpoint spacing: K >= 4N keeps the saved states at <= L/4 per channel."""
+    return max(64, 4 * N)
