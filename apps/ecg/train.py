@@ -2,8 +2,7 @@
 the ``train`` pipeline from a folder of WFDB records to a run directory."""
 from __future__ import annotations
 
-import json
-import sys
+import math
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -117,8 +116,15 @@ class ECGModule(L.LightningModule):
         total = self.trainer.estimated_stepping_batches if self.trainer else None
         if not total or not np.isfinite(total) or total <= 0:
             return opt
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=int(total),
-                                                    pct_start=0.1)
+        total = int(total)
+        warm = max(1, total // 20)
+
+        def factor(step: int) -> float:  # linear warm-up, then cosine decay to 2 %
+            if step < warm:
+                return (step + 1) / warm
+            return max(0.02, 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
