@@ -148,7 +148,7 @@ class Hydra(nn.Module):
         dts = torch.cat([p["dt_f"], p["dt_b"].flip(1)], 0)
         Bs = torch.cat([p["B_f"], p["B_b"].flip(1)], 0)
         Cs = torch.cat([p["C_f"], p["C_b"].flip(1)], 0)
-        init = (self.init_states.expand(2 * batch, *self.init_states.shape)
+        init = (self.init_states.expand(2 * batch, *self.init_states.shape).contiguous()
                 if self.learnable_init_states else None)
         y = ssd_scan(xs, dts, p["A"], Bs, Cs, chunk_size=self.chunk_size, initial_states=init,
                      backend=op_backend("ssd_scan", self.backend))

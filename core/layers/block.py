@@ -129,6 +129,9 @@ class SSMBackbone(nn.Module):
         d_intermediate: hidden size of a ``GatedMLP`` after each mixer (0: no MLP).
         norm: "rms" (``RMSNorm``) or "layer" (``nn.LayerNorm``), eps ``norm_epsilon``.
         dropout: applied to each block's output branch before it joins the residual stream.
+    Parameter names follow mamba_ssm's ``MixerModel`` (``layers.{i}.norm``, ``layers.{i}.mixer.*``,
+    ``layers.{i}.norm2``/``mlp.fc1``/``mlp.fc2``, ``norm_f``): its state dict (or a Hugging Face
+    ``MambaModel``/``Mamba2Model``'s) without the embedding loads with strict=True.
     Streaming (causal mixers only): ``allocate_inference_cache`` / ``forward(x, inference_params)``
     as in mamba_ssm, or ``step(x (B, l, d_model), inference_params)`` which also advances the offset.
     """

@@ -121,3 +121,16 @@ def test_hydra_learnable_init_states_and_names():
     assert m(x).shape == (2, 5, 16)
     x1 = torch.randn(2, 1, 16)
     assert m(x1).shape == (2, 1, 16)
+
+
+def test_hydra_init_states_enter_both_directions():
+    torch.manual_seed(0)
+    m = Hydra(8, d_state=4, headdim=4, d_conv=3, learnable_init_states=True, backend="reference").double()
+    with torch.no_grad():
+        m.init_states.normal_()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    y = m(x)
+    (g,) = torch.autograd.grad(y.sum(), m.init_states)
+    assert g.abs().sum() > 0
+    m.backend = "auto"
+    torch.testing.assert_close(m(x), y, rtol=1e-10, atol=1e-10)
