@@ -14,6 +14,7 @@ Protocol (Informer / Time-Series-Library, reproduced exactly):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -48,7 +49,9 @@ def read_series(path: str | Path, date_col: Optional[str] = None, fill: bool = F
     if df.shape[1] < 2:
         raise UserError(p, "needs a date column and at least one numeric column")
     col = _find_date_column(p, df, date_col)
-    ts = pd.to_datetime(df[col], errors="coerce")
+    with warnings.catch_warnings():  # mixed formats fall back to dateutil: fine, failures are caught below
+        warnings.simplefilter("ignore")
+        ts = pd.to_datetime(df[col], errors="coerce")
     bad = ts.isna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -90,14 +93,19 @@ def _find_date_column(p: Path, df: pd.DataFrame, date_col: Optional[str]) -> str
             return c
     first = df.columns[0]
     if not pd.api.types.is_numeric_dtype(df[first]):
-        if pd.to_datetime(df[first].head(20), errors="coerce").notna().all():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = pd.to_datetime(df[first].head(20), errors="coerce")
+        if parsed.notna().all():
             return first
     raise UserError(p, f"no date column found (name one with --date-col); columns: {list(df.columns)}")
 
 
 def infer_freq(ts: pd.DatetimeIndex) -> pd.Timedelta | pd.DateOffset:
     """Sampling step of the series: pandas' inferred frequency, else the most common difference."""
-    f = pd.infer_freq(ts[-min(len(ts), 200):]) if len(ts) >= 3 else None
+    with warnings.catch_warnings():  # pandas is changing infer_freq's return type; to_offset takes both
+        warnings.simplefilter("ignore")
+        f = pd.infer_freq(ts[-min(len(ts), 200):]) if len(ts) >= 3 else None
     if f is not None:
         return pd.tseries.frequencies.to_offset(f)
     d = pd.Series(ts[1:] - ts[:-1]).mode()
@@ -237,12 +245,13 @@ class SeriesData:
 def load_series(path: str | Path, seq_len: int, pred_len: int, features: str = "M",
                 target: Optional[str] = "OT", date_col: Optional[str] = None, fill: bool = False,
                 split: Optional[str] = None, scaler_state: Optional[dict] = None,
-                columns: Optional[Sequence[str]] = None) -> SeriesData:
+                columns: Optional[Sequence[str]] = None, forecast_only: bool = False) -> SeriesData:
     """Read ``path`` and apply the protocol.
 
     ``target=None`` picks the last column. ``split`` overrides the file-name rule ('ETTh',
     'ETTm', 'custom'). ``scaler_state``/``columns`` come from a checkpoint when evaluating or
     forecasting, so a new file is scaled exactly like the training file and must have its columns.
+    ``forecast_only`` (needs ``scaler_state``) only asks for ``seq_len`` rows: no splits are made.
     """
     p = Path(path)
     if features not in FEATURES:
@@ -266,6 +275,13 @@ def load_series(path: str | Path, seq_len: int, pred_len: int, features: str = "
     kind = split or split_kind(p)
     if seq_len < 1 or pred_len < 1:
         raise UserError("--seq-len/--pred-len", "must be positive")
+    if forecast_only:
+        if n < seq_len:
+            raise UserError(p, f"series too short: {n} rows; the model needs the last seq_len = {seq_len} rows")
+        scaler = Scaler.from_state(scaler_state)
+        return SeriesData(path=str(p), timestamps=ts, columns=order, target=target, features=features,
+                          scaler=scaler, scaled=scaler.transform(raw), raw=raw, borders=([0] * 3, [n] * 3),
+                          seq_len=seq_len, pred_len=pred_len)
     b1, b2 = split_borders(n, seq_len, kind)
     if kind != "custom" and n < b2[2]:
         raise UserError(p, f"{kind} protocol needs {b2[2]} rows, file has {n} (use a 70/10/20 split: rename "

@@ -27,10 +27,8 @@ from torch import Tensor
 
 def _shift(x: Tensor, k: int, dim: int, fill: float) -> Tensor:
     """x shifted by k along dim (x[t-k]), the first k entries set to ``fill``."""
-    pad_shape = list(x.shape)
-    pad_shape[dim] = k
-    pad = torch.full(pad_shape, fill, dtype=x.dtype, device=x.device)
-    return torch.cat([pad, x.narrow(dim, 0, x.shape[dim] - k)], dim=dim)
+    pads = [0, 0] * (x.dim() - 1 - dim) + [k, 0]
+    return torch.nn.functional.pad(x.narrow(dim, 0, x.shape[dim] - k), pads, value=fill)
 
 
 def scan1d(u: Tensor, a: Tensor, dim: int = 1, reverse: bool = False) -> Tensor:
