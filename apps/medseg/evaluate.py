@@ -1,0 +1,84 @@
+"""Checkpoint loading for inference and Dice / HD95 evaluation on each case's own voxel grid."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from core.engine import UserError, load_module, progress
+
+from .data import load_case
+from .infer import preprocess_case, probs_to_input_grid, sliding_window_probs
+
+
+def load_segmenter(ckpt: str | Path, device: str = "cpu"):
+    """A trained :class:`~apps.medseg.train.SegModule` in eval mode on ``device``."""
+    from .train import SegModule
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError("--device", f"expected cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device", "cuda requested but no CUDA device is available")
+    module = load_module(ckpt, SegModule, map_location="cpu")
+    return module.to(device).eval()
+
+
+def dice_hd95(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing: Sequence[float]) -> Dict[str, list]:
+    """Per foreground class Dice and HD95 (mm, MONAI ``HausdorffDistanceMetric(percentile=95)``).
+
+    ``pred``/``truth`` int (X, Y, Z). A class absent from both gives Dice 1 and HD95 0; absent from
+    one only gives Dice 0 and HD95 inf.
+    """
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric
+    from monai.networks.utils import one_hot
+
+    p = one_hot(torch.as_tensor(pred.astype(np.int64))[None, None], num_classes)
+    t = one_hot(torch.as_tensor(truth.astype(np.int64))[None, None], num_classes)
+    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(p, t)[0].tolist()
+    hd = []
+    for c in range(1, num_classes):
+        ip, it = bool(p[0, c].any()), bool(t[0, c].any())
+        if not ip and not it:
+            hd.append(0.0)
+        elif ip != it:
+            hd.append(float("inf"))
+        else:
+            m = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
+            hd.append(float(m(p[:, c:c + 1], t[:, c:c + 1], spacing=list(map(float, spacing)))[0, 0]))
+    return {"dice": [float(x) for x in dice], "hd95": hd}
+
+
+def evaluate_cases(module, cases: Sequence[Mapping], device: str = "cpu", tta: bool = False) -> dict:
+    """Predict each labelled case through the full predict path (on its own grid) and score it."""
+    cfg = module.config
+    k = int(module.hparams.num_classes)
+    names = list(module.names)
+    rows = []
+    for c in progress(list(cases), "evaluating", total=len(cases)):
+        x, ref = preprocess_case(c["image"], cfg["data"], c["name"])
+        probs = sliding_window_probs(module.net, x, cfg["data"]["patch_size"], cfg["train"]["sw_batch_size"],
+                                     cfg["train"]["overlap"], device, tta)
+        pred, _ = probs_to_input_grid(probs, x.affine, ref)
+        _, truth, _ = load_case(c["image"], c["label"], c["name"])
+        if truth.max() >= k:
+            raise UserError(c["label"], f"case {c['name']}: label {int(truth.max())} but the model has {k} classes")
+        s = dice_hd95(pred, truth, k, ref.header.get_zooms()[:3])
+        rows.append({"case": c["name"], **s})
+    dice = np.array([r["dice"] for r in rows])
+    hd = np.array([r["hd95"] for r in rows])
+    summary = {names[i + 1] if i + 1 < len(names) else f"class{i + 1}":
+               {"dice_mean": float(dice[:, i].mean()), "dice_std": float(dice[:, i].std()),
+                "hd95_mean_mm": float(np.mean(hd[:, i])) if np.isfinite(hd[:, i]).all() else float("inf")}
+               for i in range(k - 1)}
+    return {"cases": rows, "per_class": summary, "mean_dice": float(dice.mean())}
+
+
+def format_table(result: dict) -> str:
+    """Plain-text table: class, mean Dice (std), mean HD95."""
+    lines = [f"{'class':<24} {'Dice':>14} {'HD95 (mm)':>10}"]
+    for name, s in result["per_class"].items():
+        lines.append(f"{name:<24} {s['dice_mean']:>7.4f} ({s['dice_std']:.3f}) {s['hd95_mean_mm']:>10.2f}")
+    lines.append(f"{'mean':<24} {result['mean_dice']:>7.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,250 @@
+"""apps/medseg benchmarks (CPU). Run from the repo root:
+
+    python bench/bench_medseg.py speed   [--out DIR]   # step/inference time + peak memory vs MONAI nets
+    python bench/bench_medseg.py brain   --work DIR [--minutes 20]   # Colin27 brain extraction, proxy test
+    python bench/bench_medseg.py pretrain-gain --work DIR            # MambaMIM vs scratch, equal fine-tune time
+
+Real data: ../shared/data/medseg/colin27 (read in place, never copied). Derived files (brain mask,
+proxy volumes, runs) go under --work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COLIN = ROOT / ".." / "shared" / "data" / "medseg" / "colin27"
+sys.path.insert(0, str(ROOT))
+
+
+def _run(cmd, log=None):
+    print("$ " + " ".join(map(str, cmd)), flush=True)
+    t0 = time.time()
+    rc = subprocess.call(list(map(str, cmd)), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT if log else None)
+    if rc:
+        raise SystemExit(f"command failed ({rc}): {' '.join(map(str, cmd))}")
+    return time.time() - t0
+
+
+# ----------------------------------------------------------------------------- brain extraction
+
+BRAIN_CONFIG = {
+    "data": {"spacing": [2.0, 2.0, 2.0], "norm": "percentile", "patch_size": [48, 48, 48],
+             "samples_per_volume": 2, "pos": 1, "neg": 1, "aug": "strong", "flip_axes": [0],
+             "rotate_deg": 20.0, "num_classes": 2},
+    "model": {"preset": "tiny"},
+    "train": {"batch_size": 2, "steps_per_epoch": 25, "val_every": 4, "sw_batch_size": 2, "lr": 3e-3},
+}
+
+
+def prepare_brain(work: Path) -> tuple:
+    import nibabel as nib
+    import numpy as np
+
+    from apps.medseg.proxy import TEST_PROXIES, VAL_PROXY, make_proxy
+
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    img = nib.load(str(COLIN / "ch2.nii.gz"))
+    bet = nib.load(str(COLIN / "ch2bet.nii.gz"))
+    mask = nib.Nifti1Image((np.asarray(bet.dataobj) > 0).astype(np.uint8), bet.affine, header=bet.header)
+    mask.header.set_data_dtype(np.uint8)
+    nib.save(mask, str(data / "colin27_brainmask.nii.gz"))
+    entries = {}
+    for p in TEST_PROXIES + (VAL_PROXY,):
+        a, b = make_proxy(img, mask, p)
+        nib.save(a, str(data / f"{p.name}_0000.nii.gz"))
+        nib.save(b, str(data / f"{p.name}_mask.nii.gz"))
+        entries[p.name] = {"image": str(data / f"{p.name}_0000.nii.gz"), "label": str(data / f"{p.name}_mask.nii.gz")}
+    train = {"labels": {"0": "background", "1": "brain"},
+             "training": [{"image": str((COLIN / "ch2.nii.gz").resolve()), "label": str(data / "colin27_brainmask.nii.gz")}],
+             "validation": [entries[VAL_PROXY.name]]}
+    test = {"labels": {"0": "background", "1": "brain"}, "training": [entries[p.name] for p in TEST_PROXIES]}
+    (work / "train.json").write_text(json.dumps(train, indent=1))
+    (work / "test.json").write_text(json.dumps(test, indent=1))
+    (work / "brain.json").write_text(json.dumps(BRAIN_CONFIG, indent=1))
+    return work / "train.json", work / "test.json", work / "brain.json"
+
+
+def bench_brain(args) -> None:
+    work = Path(args.work)
+    train_json, test_json, cfg = prepare_brain(work)
+    run = work / "run"
+    mins = int(args.minutes)
+    cmd = ["nice", "-n", "10", sys.executable, "-m", "apps.medseg.cli", "train", "--datalist", train_json,
+           "--out", run, "--config", cfg, "--max-time", f"00:00:{mins:02d}:00", "--seed", "0", "--overwrite",
+           "--accelerator", "cpu"]
+    with open(work / "train.log", "w") as log:
+        t_train = _run(cmd, log)
+    ckpt = run / "checkpoints" / "best.ckpt"
+    ev = ["nice", "-n", "10", sys.executable, "-m", "apps.medseg.cli", "evaluate", "--checkpoint", ckpt,
+          "--datalist", test_json, "--out", work / "eval", "--overwrite"]
+    with open(work / "eval.log", "w") as log:
+        t_eval = _run(ev, log)
+    res = json.loads((work / "eval" / "evaluation.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    summary = {"train_command": " ".join(map(str, cmd)), "eval_command": " ".join(map(str, ev)),
+               "train_wall_s": round(t_train, 1), "eval_wall_s": round(t_eval, 1), "train": metrics,
+               "cases": res["cases"], "mean_dice": res["mean_dice"]}
+    (work / "brain_summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+# ----------------------------------------------------------------------------- speed / memory
+
+def _measure_one(name: str, steps: int, patch: int, vol: int) -> dict:
+    """Run in a fresh process: params, train-step time, 128^3 sliding-window time, peak RSS."""
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(0)
+    net = build_net(name, patch)
+    params = sum(p.numel() for p in net.parameters())
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    opt = torch.optim.AdamW(net.parameters(), 1e-3)
+    x = torch.randn(2, 1, patch, patch, patch)
+    y = (torch.rand(2, 1, patch, patch, patch) > 0.5).float()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    net.train()
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(net(x), y).backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t0)
+    rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    net.eval()
+    v = torch.randn(1, 1, vol, vol, vol)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        sliding_window_inference(v, [patch] * 3, 2, net, overlap=0.25, mode="gaussian")
+        t_inf = time.perf_counter() - t0
+    rss_inf = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times.sort()
+    return {"model": name, "params_M": round(params / 1e6, 3), "train_step_s_median": round(times[len(times) // 2], 3),
+            "sw_infer_128_s": round(t_inf, 2), "peak_rss_train_MB": round(rss_train / 1024), "peak_rss_MB": round(rss_inf / 1024),
+            "rss_before_MB": round(rss0 / 1024)}
+
+
+def build_net(name: str, patch: int):
+    from monai.networks.nets import SegResNet, SwinUNETR, UNETR
+
+    from apps.medseg.model import build_model
+
+    if name == "unet_mamba_tiny":
+        return build_model({"preset": "tiny"}, 1, 2)
+    if name == "unet_mamba_small":
+        return build_model({"preset": "tiny", "widths": [16, 32, 64, 128]}, 1, 2)
+    if name == "segresnet":
+        return SegResNet(spatial_dims=3, in_channels=1, out_channels=2, init_filters=8)
+    if name == "swinunetr":
+        return SwinUNETR(in_channels=1, out_channels=2, feature_size=12, spatial_dims=3)
+    if name == "unetr":
+        return UNETR(in_channels=1, out_channels=2, img_size=(patch,) * 3, feature_size=8, hidden_size=96,
+                     mlp_dim=384, num_heads=4)
+    raise ValueError(name)
+
+
+def bench_speed(args) -> None:
+    names = ["unet_mamba_tiny", "unet_mamba_small", "segresnet", "swinunetr", "unetr"]
+    rows = []
+    for n in names:
+        out = subprocess.run([sys.executable, __file__, "_one", n, str(args.steps), str(args.patch), str(args.vol)],
+                             cwd=ROOT, capture_output=True, text=True)
+        if out.returncode:
+            print(out.stderr[-2000:])
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        print(row, flush=True)
+        rows.append(row)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "speed.json").write_text(json.dumps(rows, indent=1))
+    print(f"\n| model | params (M) | train step (s, batch 2x{args.patch}^3) | sliding-window {args.vol}^3 (s) | peak RSS (MB) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['params_M']} | {r['train_step_s_median']} | {r['sw_infer_128_s']} | {r['peak_rss_MB']} |")
+
+
+# ----------------------------------------------------------------------------- pretraining gain
+
+def bench_pretrain_gain(args) -> None:
+    """Unlabelled: Colin27 + proxies (images only). Labelled: Colin27 only, few minutes each arm."""
+    work = Path(args.work)
+    train_json, test_json, _ = prepare_brain(work)
+    cfg = dict(BRAIN_CONFIG)
+    cfg = json.loads(json.dumps(BRAIN_CONFIG))
+    cfg["train"]["val_every"] = 2
+    cfg_path = work / "gain.json"
+    cfg_path.write_text(json.dumps(cfg))
+    data = work / "data"
+    unl = work / "unlabelled"
+    unl.mkdir(exist_ok=True)
+    # unlabelled pool: the validation proxy and the raw T1 (test proxies stay unseen)
+    for src in [COLIN / "ch2.nii.gz", data / "val_proxy_0000.nii.gz"]:
+        dst = unl / (src.name.replace(".nii.gz", "").replace("_0000", "") + "_0000.nii.gz")
+        if not dst.exists():
+            os.symlink(src.resolve(), dst)
+    pre = work / "pre"
+    py = [sys.executable, "-m", "apps.medseg.cli"]
+    logs = {}
+    t = _run(["nice", "-n", "10"] + py + ["pretrain", "--images", unl, "--out", pre, "--config", cfg_path,
+                                          "--max-time", f"00:00:{args.pretrain_minutes:02d}:00", "--seed", "0",
+                                          "--overwrite", "--save-recon", "1"], open(work / "pre.log", "w"))
+    logs["pretrain_wall_s"] = round(t, 1)
+    results = {}
+    for arm, extra in (("scratch", []), ("mambamim", ["--init-from", pre / "checkpoints" / "last.ckpt"])):
+        out = work / arm
+        _run(["nice", "-n", "10"] + py + ["train", "--datalist", train_json, "--out", out, "--config", cfg_path,
+                                          "--max-time", f"00:00:{args.finetune_minutes:02d}:00", "--seed", "0",
+                                          "--overwrite"] + extra, open(work / f"{arm}.log", "w"))
+        _run(["nice", "-n", "10"] + py + ["evaluate", "--checkpoint", out / "checkpoints" / "best.ckpt",
+                                          "--datalist", test_json, "--out", out / "eval", "--overwrite"],
+             open(work / f"{arm}_eval.log", "w"))
+        ev = json.loads((out / "eval" / "evaluation.json").read_text())
+        m = json.loads((out / "metrics.json").read_text())
+        results[arm] = {"test_mean_dice": ev["mean_dice"], "best_val_dice": m["best_val_dice"], "steps": m["steps"],
+                        "per_case": {c["case"]: c["dice"][0] for c in ev["cases"]}}
+    summary = {**logs, "pretrain_minutes": args.pretrain_minutes, "finetune_minutes": args.finetune_minutes,
+               "results": results}
+    (work / "gain_summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_one":
+        _, _, name, steps, patch, vol = sys.argv
+        print(json.dumps(_measure_one(name, int(steps), int(patch), int(vol))))
+        return
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--steps", type=int, default=3)
+    s.add_argument("--patch", type=int, default=64)
+    s.add_argument("--vol", type=int, default=128)
+    s.add_argument("--out", default=None)
+    s.set_defaults(fn=bench_speed)
+    s = sub.add_parser("brain")
+    s.add_argument("--work", required=True)
+    s.add_argument("--minutes", type=int, default=20)
+    s.set_defaults(fn=bench_brain)
+    s = sub.add_parser("pretrain-gain")
+    s.add_argument("--work", required=True)
+    s.add_argument("--pretrain-minutes", type=int, default=6)
+    s.add_argument("--finetune-minutes", type=int, default=5)
+    s.set_defaults(fn=bench_pretrain_gain)
+    args = p.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
