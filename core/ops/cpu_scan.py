@@ -63,15 +63,16 @@ class _CpuScan(torch.autograd.Function):
                                       B2.data_ptr(), *sb, C2.data_ptr(), *sc, _ptr(h0c),
                                       y.data_ptr(), last.data_ptr(), ckpt.data_ptr(), K, lo, hi),
                   batch * dim)
-        ctx.save_for_backward(u, dt, A, B2, C2, ckpt)
+        ctx.save_for_backward(u, dt, A, B, C, ckpt)  # not B2/C2: re-laid out in backward
         ctx.meta = (Gb, Gc, sb, sc, K, B.dim(), C.dim(), h0 is not None)
         return y, last
 
     @staticmethod
     def backward(ctx, gy, glast):
         lib = cpu_build.load()
-        u, dt, A, B2, C2, ckpt = ctx.saved_tensors
+        u, dt, A, B, C, ckpt = ctx.saved_tensors
         Gb, Gc, sb, sc, K, bdim, cdim, has_h0 = ctx.meta
+        B2, C2 = bc_layout(B, u.shape[1])[0], bc_layout(C, u.shape[1])[0]
         sfx = "f64" if u.dtype == torch.float64 else "f32"
         batch, dim, L = u.shape
         N = A.shape[1]

@@ -58,10 +58,12 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     x = (initial_state.to(work) if initial_state is not None
          else u_.new_zeros(batch, dim, N))
     ys = []
-    for t in range(L):
-        dA = torch.exp(dt[:, :, t, None] * A_)                      # (batch, dim, N)
-        x = dA * x + (dt[:, :, t] * u_[:, :, t])[..., None] * Bx[..., t]
-        ys.append((x * Cx[..., t]).sum(-1))
+    # unbind rather than index per step: the backward of indexing writes a full
+    # zero tensor per step, which makes long sequences quadratic
+    for dt_t, u_t, B_t, C_t in zip(dt.unbind(-1), u_.unbind(-1), Bx.unbind(-1), Cx.unbind(-1)):
+        dA = torch.exp(dt_t[..., None] * A_)                          # (batch, dim, N)
+        x = dA * x + (dt_t * u_t)[..., None] * B_t
+        ys.append((x * C_t).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + u_ * D.to(work)[:, None]
@@ -107,10 +109,10 @@ def ssd_scan_ref(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None,
     s = (initial_states.to(work) if initial_states is not None
          else x_.new_zeros(batch, H, P, N))
     ys = []
-    for t in range(L):
-        dA = torch.exp(dt_[:, t] * A_)                                # (batch, H)
-        s = dA[..., None, None] * s + (dt_[:, t, :, None] * x_[:, t])[..., None] * Bh[:, t, :, None, :]
-        ys.append((s * Ch[:, t, :, None, :]).sum(-1))
+    for dt_t, x_t, B_t, C_t in zip(dt_.unbind(1), x_.unbind(1), Bh.unbind(1), Ch.unbind(1)):
+        dA = torch.exp(dt_t * A_)                                     # (batch, H)
+        s = dA[..., None, None] * s + (dt_t[..., None] * x_t)[..., None] * B_t[:, :, None, :]
+        ys.append((s * C_t[:, :, None, :]).sum(-1))
     y = torch.stack(ys, dim=1)                                       # (batch, L, H, P)
     if D is not None:
         Dw = D.to(work)

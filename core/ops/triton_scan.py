@@ -153,15 +153,16 @@ class _TritonScan(torch.autograd.Function):
         grid = (batch, -(-dim // BLOCK_D))
         fwd[grid](u, dt, A, B2, C2, h0c, y, last, ckpt, dim, L, N, nc, dim // Gb, dim // Gc,
                   *sb, *sc, K=K, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, HAS_H0=h0 is not None)
-        ctx.save_for_backward(u, dt, A, B2, C2, ckpt)
+        ctx.save_for_backward(u, dt, A, B, C, ckpt)  # not B2/C2: re-laid out in backward
         ctx.meta = (Gb, Gc, sb, sc, K, BLOCK_D, BLOCK_N, B.dim(), C.dim(), h0 is not None)
         return y, last
 
     @staticmethod
     def backward(ctx, gy, glast):
         _, bwd = _get()
-        u, dt, A, B2, C2, ckpt = ctx.saved_tensors
+        u, dt, A, B, C, ckpt = ctx.saved_tensors
         Gb, Gc, sb, sc, K, BLOCK_D, BLOCK_N, bdim, cdim, has_h0 = ctx.meta
+        B2, C2 = bc_layout(B, u.shape[1])[0], bc_layout(C, u.shape[1])[0]
         batch, dim, L = u.shape
         N, nc = A.shape[1], ckpt.shape[2]
         gy = gy.contiguous() if gy is not None else torch.zeros_like(u)
