@@ -163,28 +163,33 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, 
     Lm = _segsum_exp(a)                                                # (b, c, G, hpg, Q, Q)
     Bc = Bw.reshape(batch, nc, Q, G, N).transpose(2, 3)                # (b, c, G, Q, N)
     Cc = Cw.reshape(batch, nc, Q, G, N).transpose(2, 3)
-    X = xdt.reshape(batch, nc, Q, G, hpg, P).permute(0, 1, 3, 4, 2, 5)  # (b, c, G, hpg, Q, P)
+    X = xdt.reshape(batch, nc, Q, G, hpg, P).permute(0, 1, 3, 4, 2, 5).contiguous()  # (b,c,G,hpg,Q,P)
     CB = (Cc @ Bc.transpose(-1, -2))[:, :, :, None]                   # (b, c, G, 1, Q, Q)
     Y = (CB * Lm) @ X                                                  # within chunks
-    Xs = X * Lm[..., -1, :, None]                                      # decay to chunk end
-    S = Xs.transpose(-1, -2) @ Bc[:, :, :, None]                       # (b, c, G, hpg, P, N)
-    decay = torch.exp(acs[..., -1])                                    # (b, c, G, hpg)
-    s = (initial_states.to(work).reshape(batch, G, hpg, P, N) if initial_states is not None
-         else x_.new_zeros(batch, G, hpg, P, N))
+    # states in a (N, hpg*P) layout per group: the heads of a group share B and C, so
+    # the matmuls need no broadcast copies of B/C
+    Xq = xdt.reshape(batch, nc, Q, G, hpg, P).transpose(2, 3)         # (b, c, G, Q, hpg, P)
+    Xs = (Xq * Lm[..., -1, :].transpose(-1, -2)[..., None]).reshape(batch, nc, G, Q, hpg * P)
+    S = Bc.transpose(-1, -2) @ Xs                                      # (b, c, G, N, hpg*P)
+    decay = torch.exp(acs[..., -1]).repeat_interleave(P, dim=-1)       # (b, c, G, hpg*P)
+    s = (initial_states.to(work).reshape(batch, G, hpg, P, N).permute(0, 1, 4, 2, 3)
+         .reshape(batch, G, N, hpg * P) if initial_states is not None
+         else x_.new_zeros(batch, G, N, hpg * P))
     states = []
     for c in range(nc):
         states.append(s)
-        s = decay[:, c, ..., None, None] * s + S[:, c]
+        s = decay[:, c, :, None, :] * s + S[:, c]
     Sin = torch.stack(states, dim=1)                                   # state entering each chunk
-    Y = Y + (Cc[:, :, :, None] @ Sin.transpose(-1, -2)) * torch.exp(acs)[..., None]
-    y = Y.permute(0, 1, 4, 2, 3, 5).reshape(batch, nc * Q, H, P)[:, :L]
+    Yo = (Cc @ Sin).reshape(batch, nc, G, Q, hpg, P) * torch.exp(acs).transpose(-1, -2)[..., None]
+    y = (Y.transpose(3, 4) + Yo).permute(0, 1, 3, 2, 4, 5).reshape(batch, nc * Q, H, P)[:, :L]
+    s = s.reshape(batch, G, N, hpg, P).permute(0, 1, 3, 4, 2).reshape(batch, H, P, N)
     if D is not None:
         Dw = D.to(work)
         y = y + x_ * (Dw[:, None] if Dw.dim() == 1 else Dw)
     if z is not None:
         y = y * F.silu(z.to(work))
     out = y.to(dtype_in)
-    return (out, s.reshape(batch, H, P, N)) if return_final_states else out
+    return (out, s) if return_final_states else out
 
 
 register_backend("selective_scan", "torch", selective_scan_torch)

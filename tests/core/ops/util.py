@@ -132,11 +132,12 @@ def check_ssd_against_ref(backend, x, chunk_size=4, softplus=True, dt_limit=(0.0
 
 
 def saved_numel(fn):
-    """Sum of numel of the tensors autograd saves while ``fn()`` runs (counted once each)."""
+    """Elements of the distinct storages autograd keeps while ``fn()`` runs (views count once)."""
     seen = {}
 
     def pack(t):
-        seen[(t.data_ptr(), t.shape, t.stride())] = t.numel()
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes() // t.element_size()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
