@@ -139,24 +139,18 @@ def cmd_predict(args) -> int:
     from .infer import predict_records
 
     module = load_checkpoint(args.checkpoint)
-    records = _find_inputs(args.input)
+    records = find_records(args.input)
     res = predict_records(module, records, Path(args.out), overwrite=args.overwrite, batch_size=args.batch_size)
     n_ok = sum(1 for p in res.written if p.suffix == ".csv" and not p.stem.endswith("_timeline")
                and p.name != "summary.csv")
-    print(f"{n_ok} of {len(records)} records classified; outputs in {args.out}/ "
-          f"(summary: {res.summary})" if res.summary else f"no record classified")
+    print(f"{n_ok} of {len(records)} records classified; outputs in {args.out}/ (summary: {res.summary})"
+          if res.summary else "no record classified")
     if res.failures:
         print(f"{len(res.failures)} record(s) failed:", file=sys.stderr)
         for line in res.failures:
             print(f"  {line}", file=sys.stderr)
         return 2
     return 0
-
-
-def _find_inputs(inputs: List[str]):
-    from .data import find_records
-
-    return find_records(inputs)
 
 
 def cmd_demo(args) -> int:
