@@ -1,0 +1,73 @@
+"""Cases for our Triton selective scan vs the float64 reference (Triton interpreter on CPU).
+
+Not collected by pytest directly (no test_ prefix): TRITON_INTERPRET=1 must be
+set before triton is first imported in the process (triton's own helpers are
+jitted at import), so test_triton_scan.py runs this file in a subprocess with
+the variable set. Run by hand with:
+    TRITON_INTERPRET=1 python -m pytest -q tests/core/ops/triton_cases.py
+Shapes are tiny: the interpreter executes every program instance in Python.
+"""
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from core.ops import selective_scan, triton_scan  # noqa: E402
+
+from .util import check_against_ref, run_ss, saved_numel, ss_inputs  # noqa: E402
+
+pytestmark = [pytest.mark.triton,
+              pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                 reason="needs TRITON_INTERPRET=1 set before triton is imported")]
+
+
+@pytest.fixture(autouse=True)
+def interpret(monkeypatch):
+    monkeypatch.setattr(triton_scan, "chunk_len", lambda N: 4)  # chunk boundaries in tiny L
+
+
+@pytest.mark.parametrize("L", [1, 6, 9])
+def test_lengths(L):
+    check_against_ref("triton", ss_inputs(b=1, d=3, L=L, N=3))
+
+
+@pytest.mark.parametrize("groups,C_groups", [(None, "same"), (3, None), ("inv", "same")])
+def test_b_c_layouts(groups, C_groups):
+    check_against_ref("triton", ss_inputs(b=2, d=3, L=5, N=2, groups=groups, C_groups=C_groups))
+
+
+def test_no_optional_inputs_and_large_delta():
+    x = ss_inputs(b=1, d=2, L=7, N=2, D=False, z=False, bias=False, h0=False, delta_scale=10.0)
+    check_against_ref("triton", x, softplus=False)
+
+
+def test_fp32_and_half_inputs():
+    x = ss_inputs(b=1, d=2, L=6, N=3, dtype=torch.float32)
+    check_against_ref("triton", x, rtol=1e-4, atol=1e-4)
+    xh = ss_inputs(b=1, d=2, L=6, N=3, dtype=torch.bfloat16)
+    out, last = run_ss("triton", xh)
+    ref, ref_last = run_ss(None, {k: v.detach().float() for k, v in xh.items()}, ref=True)
+    assert out.dtype == torch.bfloat16 and last.dtype == torch.float32
+    torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=3e-2)
+
+
+def test_gradcheck():
+    x = ss_inputs(b=1, d=2, L=5, N=2)
+    f = lambda *a: run_ss("triton", dict(zip(x, a)))  # noqa: E731
+    assert torch.autograd.gradcheck(f, tuple(x.values()), eps=1e-6, atol=1e-6)
+
+
+def test_saved_memory_is_linear_in_L():
+    b, d, L, N = 1, 2, 64, 8
+    x = ss_inputs(b=b, d=d, L=L, N=N, dtype=torch.float32)
+    n, _ = saved_numel(lambda: run_ss("triton", x))
+    assert n - x["B"].numel() - x["C"].numel() < 8 * b * d * L + 2 * b * d * N
+
+
+def test_auto_does_not_pick_the_interpreter():
+    x = ss_inputs(b=1, d=2, L=3, N=2, h0=False)
+    from core.ops import resolve_backend
+    assert resolve_backend("selective_scan", "auto", x["u"]) != "triton"
+    selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"])  # runs on "cpu"
