@@ -35,11 +35,12 @@ def _run(cmd, log=None):
 # ----------------------------------------------------------------------------- brain extraction
 
 BRAIN_CONFIG = {
-    "data": {"spacing": [2.0, 2.0, 2.0], "norm": "percentile", "patch_size": [48, 48, 48],
-             "samples_per_volume": 2, "pos": 1, "neg": 1, "aug": "strong", "flip_axes": [0],
+    # 3 mm keeps a CPU step cheap; mapping a perfect 3 mm mask back to 1 mm still scores Dice 0.98
+    "data": {"spacing": [3.0, 3.0, 3.0], "norm": "percentile", "patch_size": [32, 32, 32],
+             "samples_per_volume": 4, "pos": 1, "neg": 1, "aug": "strong", "flip_axes": [0],
              "rotate_deg": 20.0, "num_classes": 2},
     "model": {"preset": "tiny"},
-    "train": {"batch_size": 2, "steps_per_epoch": 25, "val_every": 4, "sw_batch_size": 2, "lr": 3e-3},
+    "train": {"batch_size": 4, "steps_per_epoch": 25, "val_every": 4, "sw_batch_size": 4, "lr": 3e-3},
 }
 
 

@@ -114,6 +114,9 @@ def cmd_evaluate(args) -> int:
     from .data import load_dataset
     from .evaluate import evaluate_cases, format_table, load_segmenter
 
+    path = Path(args.out) / "evaluation.json" if args.out else None
+    if path is not None and path.exists() and not args.overwrite:
+        raise UserError(path, "already exists (pass --overwrite to replace it)")
     module = load_segmenter(args.checkpoint, args.device)
     ds = load_dataset(args.datalist, args.data_dir)
     split = args.split or ("validation" if ds["validation"] else "training")
@@ -126,10 +129,7 @@ def cmd_evaluate(args) -> int:
     res = evaluate_cases(module, cases, args.device, args.tta)
     res.update({"checkpoint": str(args.checkpoint), "split": split})
     print(format_table(res))
-    if args.out:
-        path = Path(args.out) / "evaluation.json"
-        if path.exists() and not args.overwrite:
-            raise UserError(path, "already exists (pass --overwrite to replace it)")
+    if path is not None:
         write_json(path, res)
         print(f"wrote {path}")
     return 0

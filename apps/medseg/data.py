@@ -185,10 +185,16 @@ def load_dataset(datalist: Optional[str] = None, data_dir: Optional[str] = None)
     d = Path(data_dir)
     if not d.is_dir():
         raise UserError(d, "data directory not found")
+    js = d / "dataset.json"
+    if js.is_file():  # MSD datasets ship a datalist with "training"; nnU-Net v2's dataset.json has none
+        try:
+            has_list = isinstance(json.loads(js.read_text(encoding="utf-8")).get("training"), list)
+        except (ValueError, AttributeError):
+            has_list = False
+        if has_list or not (d / "imagesTr").is_dir():
+            return read_datalist(js)
     if (d / "imagesTr").is_dir():
         return read_nnunet_dir(d)
-    if (d / "dataset.json").is_file():
-        return read_datalist(d / "dataset.json")
     raise UserError(d, "neither an nnU-Net folder (imagesTr/, labelsTr/) nor a folder with dataset.json")
 
 

@@ -29,8 +29,9 @@ def preprocess_case(image_paths: Sequence[str | Path], data_cfg: Mapping,
                     name: Optional[str] = None) -> Tuple[MetaTensor, nib.Nifti1Image]:
     """Validated load + training preprocessing. Returns ``x`` (C, X', Y', Z') with its affine tracked
     by MONAI, and the channel-0 NIfTI image (the output grid)."""
-    tf = T.Compose(preprocess_transforms(data_cfg, with_label=False, keep_ref=True))
-    d = tf({"image": [str(p) for p in image_paths], "name": name})
+    load, *rest = preprocess_transforms(data_cfg, with_label=False, keep_ref=True)
+    d = load({"image": [str(p) for p in image_paths], "name": name})  # outside Compose: UserError stays one line
+    d = T.Compose(rest)(d)
     return d["image"], d["ref"]
 
 

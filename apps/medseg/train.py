@@ -88,7 +88,7 @@ class SegModule(L.LightningModule):
 
     def training_step(self, batch, _):
         loss = self.loss(self.net(batch["image"]), batch["label"])
-        self.log("train_loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["image"].shape[0])
         return loss
 
     def validation_step(self, batch, _):
@@ -178,6 +178,7 @@ def run_train(cfg: dict, ds: Mapping, out: Path, trainer_kwargs: Mapping, num_wo
                                      "val_cases": [c["name"] for c in val_cases], "init_from": init_from})
     trainer = make_trainer(out, monitor="val_dice", mode="max", progress=progress,
                            check_val_every_n_epoch=int(cfg["train"]["val_every"]), num_sanity_val_steps=0,
+                           log_every_n_steps=max(1, min(10, int(cfg["train"]["steps_per_epoch"]))),
                            **trainer_kwargs)
     t0 = time.time()
     trainer.fit(module, train_dl, val_dl)

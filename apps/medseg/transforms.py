@@ -141,10 +141,29 @@ def val_transforms(cfg: Mapping) -> T.Compose:
     return T.Compose(preprocess_transforms(cfg, True))
 
 
+def user_error_in(e: BaseException):
+    """The :class:`UserError` MONAI's ``Compose`` wrapped into a RuntimeError, if any."""
+    from core.engine import UserError
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, UserError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def make_dataset(cases: Sequence[dict], cfg: Mapping, train: bool, cache_rate: float = 1.0):
     """A MONAI ``CacheDataset`` over ``cases``: files are read and preprocessed once, not every epoch."""
     from monai.data import CacheDataset
 
     tf = train_transforms(cfg) if train else val_transforms(cfg)
-    return CacheDataset(list(cases), transform=tf, cache_rate=cache_rate, num_workers=0, progress=False,
-                        copy_cache=True)
+    try:
+        return CacheDataset(list(cases), transform=tf, cache_rate=cache_rate, num_workers=0, progress=False,
+                            copy_cache=True)
+    except Exception as e:  # a bad file: report it in one line, not as a transform traceback
+        ue = user_error_in(e)
+        if ue is not None:
+            raise ue from None
+        raise
