@@ -11,7 +11,7 @@ import pandas as pd
 from core.engine import atomic_write, prepare_run_dir, write_json
 
 
-def synthetic_csv(path: str | Path, n: int = 2400, n_vars: int = 4, seed: int = 0, freq: str = "h",
+def synthetic_csv(path: str | Path, n: int = 1500, n_vars: int = 4, seed: int = 0, freq: str = "h",
                   overwrite: bool = False) -> Path:
     """Hourly series: shared trend + daily and weekly seasonalities with per-variate phase + AR noise.
 
@@ -41,19 +41,23 @@ def synthetic_csv(path: str | Path, n: int = 2400, n_vars: int = 4, seed: int = 
 
 
 def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, models=("chimera", "spacetime", "dlinear"),
-             max_epochs: int = 4) -> dict:
+             max_epochs: int = 3) -> dict:
     """Write OUT/data.csv, OUT/<model>/ runs, OUT/forecast.csv + forecast.png, OUT/summary.json."""
+    import torch
+
+    torch.set_num_threads(1)  # tiny models: one thread beats two that spin-wait on a busy machine
     from .infer import data_for, forecast, load_checkpoint, write_forecast
     from .train import train
 
     out = prepare_run_dir(out, overwrite)
     csv = synthetic_csv(out / "data.csv", seed=seed, overwrite=True)
-    small = {"chimera": dict(d_model=16, d_state=4), "spacetime": dict(d_model=32, d_state=16), "dlinear": {}}
+    small = {"chimera": dict(d_model=16, d_state=2), "spacetime": dict(d_model=16, d_state=8, n_layers=1),
+             "dlinear": {}}
     summary = {"data": str(csv), "seq_len": 96, "pred_len": 24, "models": {}}
     for m in models:
         t0 = time.time()
         res = train(str(csv), m, 96, 24, str(out / m), features="M", target="OT", seed=seed, overwrite=True,
-                    overrides=dict(model=small[m], lr=3e-3, lr_decay=0.8), max_epochs=max_epochs,
+                    overrides=dict(model=small[m], lr=3e-3, lr_decay=0.8, batch_size=64), max_epochs=max_epochs,
                     progress=False)
         summary["models"][m] = dict(test=res["test"], seconds=round(time.time() - t0, 1),
                                     checkpoint=res["checkpoint"])

@@ -1,7 +1,7 @@
 """Training: a LightningModule around any forecaster, early stopping on validation MSE."""
 from __future__ import annotations
 
-import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -26,7 +26,7 @@ MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
 }
 
 TRAIN_DEFAULTS: Dict[str, Any] = dict(
-    batch_size=32, lr=1e-3, weight_decay=0.0, loss="mse", lr_decay=0.5, patience=3,
+    batch_size=32, lr=1e-3, weight_decay=0.0, loss="mae", lr_decay=0.5, patience=3,
     max_epochs=10, model={},
 )
 
@@ -112,6 +112,10 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
         cfg["max_epochs"] = max_epochs
     data = load_series(data_path, seq_len, pred_len, features, target, date_col, fill, split)  # validates first
     out_dir = prepare_run_dir(out, overwrite)
+    if overwrite:  # a reused run dir must not hand back the previous run's best.ckpt
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        for stale in ("metrics.json", "config.json"):
+            (out_dir / stale).unlink(missing_ok=True)
     seed_everything(seed)
     module = ForecastModule(model, cfg["model"], seq_len, pred_len, len(data.in_cols), len(data.out_cols),
                             lr=cfg["lr"], weight_decay=cfg["weight_decay"], loss=cfg["loss"],
@@ -127,7 +131,8 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
     trainer.fit(module, data.loader("train", cfg["batch_size"], num_workers),
                 data.loader("val", cfg["batch_size"], num_workers))
     train_s = time.time() - t0
-    best = best_or_last_checkpoint(out_dir)
+    cb = trainer.checkpoint_callback
+    best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else best_or_last_checkpoint(out_dir)
     module = load_module(best, ForecastModule)
     result = dict(model=model, data=str(data_path), seq_len=seq_len, pred_len=pred_len, features=features,
                   seed=seed, epochs=int(trainer.current_epoch), train_time_s=round(train_s, 1),
