@@ -12,10 +12,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+import torch.nn.functional as F
 
 from . import cpu_build, torch_scan
 from .dispatch import register_backend
-from .scan_common import bc_layout, bc_unlayout, chunk_len, selective_scan_with
+from .scan_common import bc_layout, bc_unlayout, chunk_len, selective_scan_with, work_dtype
 
 _pool = None
 
@@ -112,9 +113,51 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
                                initial_state=initial_state)
 
 
+def ssd_scan_cpu(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
+                 initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf"))):
+    """``mamba_chunk_scan_combined`` on CPU tensors. Shapes as :func:`core.ops.ssd_scan`.
+
+    SSD is the Mamba-1 recurrence with dim = heads*headdim channels, A and dt
+    shared over a head's channels and B/C grouped, so it runs on the same C
+    kernel (a sequential scan does P*N work per step; the chunked matmul form
+    does chunk_size times more, which only pays off on GPUs). ``chunk_size``
+    does not change the result. Without the C kernel: the torch chunked form.
+    """
+    if cpu_build.load() is None:
+        return torch_scan.ssd_scan_torch(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
+                                         dt_softplus=dt_softplus, initial_states=initial_states,
+                                         return_final_states=return_final_states, dt_limit=dt_limit)
+    torch_scan.check_ssd_args(x, dt, A, B, C, initial_states)
+    dtype_in = x.dtype
+    work = work_dtype(dtype_in)
+    x_, dt_ = x.to(work), dt.to(work)
+    if dt_bias is not None:
+        dt_ = dt_ + dt_bias.to(work)
+    if dt_softplus:
+        dt_ = F.softplus(dt_)
+    if tuple(dt_limit) != (0.0, float("inf")):
+        dt_ = dt_.clamp(dt_limit[0], dt_limit[1])
+    batch, L, H, P = x_.shape
+    N = B.shape[-1]
+    u = x_.permute(0, 2, 3, 1).reshape(batch, H * P, L)
+    delta = dt_.permute(0, 2, 1)[:, :, None, :].expand(batch, H, P, L).reshape(batch, H * P, L)
+    A2 = A.to(work)[:, None, None].expand(H, P, N).reshape(H * P, N)
+    Bm, Cm = B.to(work).permute(0, 2, 3, 1), C.to(work).permute(0, 2, 3, 1)   # (batch, G, N, L)
+    h0 = initial_states.to(work).reshape(batch, H * P, N) if initial_states is not None else None
+    y, last = _cpu_core(u, delta, A2, Bm, Cm, h0)
+    y = y.reshape(batch, H, P, L).permute(0, 3, 1, 2)
+    if D is not None:
+        Dw = D.to(work)
+        y = y + x_ * (Dw[:, None] if Dw.dim() == 1 else Dw)
+    if z is not None:
+        y = y * F.silu(z.to(work))
+    out = y.to(dtype_in)
+    return (out, last.reshape(batch, H, P, N)) if return_final_states else out
+
+
 def _is_cpu(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
 
 register_backend("selective_scan", "cpu", selective_scan_cpu, _is_cpu)
-register_backend("ssd_scan", "cpu", torch_scan.ssd_scan_torch, _is_cpu)
+register_backend("ssd_scan", "cpu", ssd_scan_cpu, _is_cpu)
