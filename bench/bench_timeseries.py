@@ -4,8 +4,9 @@ For each input length (96, 720, 2880 by default) and model (chimera, spacetime, 
 vanilla Transformer encoder forecaster, all in the same run) it times ``--steps`` training steps
 (Adam, batch ``--batch-size``, 7 variates, horizon 96) after one warm-up step, extrapolates to one
 ETTh1 training epoch (8640 - L - 96 + 1 windows) and reports peak memory: on CUDA
-``max_memory_allocated``; on CPU the growth of the process's peak RSS during the steps (each
-configuration runs in a fresh subprocess so peaks do not mix).
+``max_memory_allocated`` during the timed steps; on CPU how far the process's peak RSS rises
+above its level after building model and batch (each configuration runs in a fresh subprocess
+so peaks do not mix).
 
     python bench/bench_timeseries.py                      # all models, L = 96 720 2880
     python bench/bench_timeseries.py --lengths 96 720 --models chimera transformer
@@ -84,11 +85,11 @@ def run_one(model: str, seq_len: int, pred_len: int, batch: int, steps: int, dev
         loss.backward()
         opt.step()
 
+    rss0 = _peak_rss_mb()  # before the first step: its activations count towards the peak
     step()  # warm-up (allocator, lazy init)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    rss0 = _peak_rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()

@@ -19,7 +19,8 @@ from .models import MODELS, build_model
 # Per-model defaults, tuned on ETTh1 validation (see bench/RESULTS.md, "## timeseries").
 MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "chimera": dict(d_model=32, d_state=4, expand=1, n_layers=1, patch_len=8, dropout=0.2,
-                    head_dropout=0.1, bidirectional=True, linear_skip=True, revin=True),
+                    head_dropout=0.1, bidirectional=True, linear_skip=True, revin=True,
+                    zero_init_head=False),
     "spacetime": dict(d_model=32, d_state=16, n_layers=2, embed_lags=8, dropout=0.1,
                       channel_mixing=False, linear_skip=True, revin=True),
     "dlinear": dict(kernel_size=25),

@@ -102,7 +102,7 @@ class Chimera(nn.Module):
     def __init__(self, seq_len: int, pred_len: int, enc_in: int, c_out: int, d_model: int = 32,
                  d_state: int = 4, expand: int = 1, n_layers: int = 1, patch_len: int = 8,
                  dropout: float = 0.2, head_dropout: float = 0.1, bidirectional: bool = True,
-                 linear_skip: bool = True, revin: bool = True):
+                 linear_skip: bool = True, revin: bool = True, zero_init_head: bool = False):
         super().__init__()
         self.pred_len, self.c_out, self.patch_len = pred_len, c_out, patch_len
         self.revin = RevIN(enc_in) if revin else None
@@ -120,6 +120,9 @@ class Chimera(nn.Module):
         if self.skip is not None:
             nn.init.constant_(self.skip.weight, 1.0 / seq_len)
             nn.init.zeros_(self.skip.bias)
+            if zero_init_head:  # start as the linear forecaster; the SSM path learns a residual
+                nn.init.zeros_(self.head.weight)
+                nn.init.zeros_(self.head.bias)
 
     def set_scan_method(self, method: str) -> None:
         """'variates' (default) or 'matrix' (fully parallel; see core.ops.scan2d)."""
