@@ -5,6 +5,7 @@
 * ``BiMamba`` (Vim-style), ``Hydra`` (quasiseparable): bidirectional, no streaming.
 * ``Block``, ``GatedMLP``, ``SSMBackbone``, ``make_mixer``: residual stacks of any mixer.
 * ``flatten_scans``, ``merge_scans``, ``scan_permutations``, ``MultiScanMamba``: N-d scan orders.
+* ``CompanionSSM``, ``ClosedLoopCompanionSSM``: SpaceTime's companion-matrix SSMs (FFT kernel, closed loop).
 * ``InferenceParams``: streaming state (``forward(x, inference_params)`` / ``step``).
 
 Every layer has a ``backend`` attribute passed to ``core.ops`` ("auto", "reference", ...);
@@ -12,6 +13,7 @@ Every layer has a ``backend`` attribute passed to ``core.ops`` ("auto", "referen
 """
 from .bidirectional import BiMamba, Hydra
 from .block import MIXERS, Block, GatedMLP, SSMBackbone, make_mixer, mixer_class
+from .companion import ClosedLoopCompanionSSM, CompanionSSM, companion_kernel, companion_matrix
 from .inference import InferenceParams, set_backend
 from .mamba import Mamba
 from .mamba2 import Mamba2
@@ -23,5 +25,6 @@ __all__ = [
     "BiMamba", "Hydra", "MIXERS", "Block", "GatedMLP", "SSMBackbone", "make_mixer", "mixer_class",
     "InferenceParams", "set_backend", "Mamba", "Mamba2", "RMSNorm", "RMSNormGated", "S4D",
     "S4DKernel", "MultiScanMamba", "expand_orders", "flatten_scans", "merge_scans",
-    "scan_permutations",
+    "scan_permutations", "CompanionSSM", "ClosedLoopCompanionSSM", "companion_kernel",
+    "companion_matrix",
 ]

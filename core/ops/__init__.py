@@ -6,6 +6,9 @@ Backends, per op:
     ``triton``     our Triton kernels (CUDA tensors, or the CPU under TRITON_INTERPRET=1)
     ``mamba_ssm`` / ``causal_conv1d``  the CUDA packages, when importable
 
+``scan1d``/``scan2d`` are parallel scans of diagonal linear recurrences in 1-D and 2-D
+(time x variates, Chimera); their sequential references sit beside them.
+
 ``backend="auto"`` picks the fastest one that can run on the given tensors;
 :func:`available_backends` and :func:`resolve_backend` show the choice.
 """
@@ -26,9 +29,12 @@ from .reference import (
     selective_scan_ref,
     ssd_scan_ref,
 )
+from .scan2d import scan1d, scan2d
+from .scan2d_ref import scan1d_ref, scan2d_ref
 
 __all__ = [
     "available_backends", "causal_conv1d", "causal_conv1d_update", "register_backend",
     "resolve_backend", "selective_scan", "ssd_scan", "causal_conv1d_ref",
-    "causal_conv1d_update_ref", "selective_scan_ref", "ssd_scan_ref",
+    "causal_conv1d_update_ref", "selective_scan_ref", "ssd_scan_ref", "scan1d", "scan2d",
+    "scan1d_ref", "scan2d_ref",
 ]
