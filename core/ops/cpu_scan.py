@@ -12,11 +12,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-import torch.nn.functional as F
 
 from . import cpu_build, torch_scan
 from .dispatch import register_backend
-from .scan_common import bc_layout, bc_unlayout, chunk_len, selective_scan_with, work_dtype
+from .scan_common import (bc_layout, bc_unlayout, chunk_len, selective_scan_with, ssd_epilogue,
+                          ssd_prologue)
 
 _pool = None
 
@@ -129,14 +129,7 @@ def ssd_scan_cpu(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt
                                          return_final_states=return_final_states, dt_limit=dt_limit)
     torch_scan.check_ssd_args(x, dt, A, B, C, initial_states)
     dtype_in = x.dtype
-    work = work_dtype(dtype_in)
-    x_, dt_ = x.to(work), dt.to(work)
-    if dt_bias is not None:
-        dt_ = dt_ + dt_bias.to(work)
-    if dt_softplus:
-        dt_ = F.softplus(dt_)
-    if tuple(dt_limit) != (0.0, float("inf")):
-        dt_ = dt_.clamp(dt_limit[0], dt_limit[1])
+    x_, dt_, work = ssd_prologue(x, dt, dt_bias, dt_softplus, dt_limit)
     batch, L, H, P = x_.shape
     N = B.shape[-1]
     u = x_.permute(0, 2, 3, 1).reshape(batch, H * P, L)
@@ -146,13 +139,7 @@ def ssd_scan_cpu(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt
     h0 = initial_states.to(work).reshape(batch, H * P, N) if initial_states is not None else None
     y, last = _cpu_core(u, delta, A2, Bm, Cm, h0)
     y = y.reshape(batch, H, P, L).permute(0, 3, 1, 2)
-    if D is not None:
-        Dw = D.to(work)
-        y = y + x_ * (Dw[:, None] if Dw.dim() == 1 else Dw)
-    if z is not None:
-        y = y * F.silu(z.to(work))
-    out = y.to(dtype_in)
-    return (out, last.reshape(batch, H, P, N)) if return_final_states else out
+    return ssd_epilogue(y, x_, D, z, dtype_in, last.reshape(batch, H, P, N), return_final_states)
 
 
 def _is_cpu(t: torch.Tensor) -> bool:

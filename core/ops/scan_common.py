@@ -96,3 +96,31 @@ def selective_scan_with(core, u, delta, A, B, C, D=None, z=None, delta_bias=None
 def chunk_len(N: int) -> int:
     """Checkpoint spacing: K >= 4N keeps the saved states at <= L/4 per channel."""
     return max(64, 4 * N)
+
+
+def ssd_prologue(x, dt, dt_bias, dt_softplus, dt_limit):
+    """Inputs in the working dtype and the effective step: (x_, dt_, work).
+
+    ``dt_ = clamp(softplus?(dt + dt_bias), *dt_limit)``, all (batch, L, heads).
+    """
+    work = work_dtype(x.dtype)
+    x_, dt_ = x.to(work), dt.to(work)
+    if dt_bias is not None:
+        dt_ = dt_ + dt_bias.to(work)
+    if dt_softplus:
+        dt_ = torch.nn.functional.softplus(dt_)
+    if tuple(dt_limit) != (0.0, float("inf")):
+        dt_ = dt_.clamp(dt_limit[0], dt_limit[1])
+    return x_, dt_, work
+
+
+def ssd_epilogue(y, x_, D, z, dtype_in, final, return_final_states):
+    """Skip term ``D`` ((heads,) or (heads, headdim)), gate ``silu(z)`` and the output dtype."""
+    work = y.dtype
+    if D is not None:
+        Dw = D.to(work)
+        y = y + x_ * (Dw[:, None] if Dw.dim() == 1 else Dw)
+    if z is not None:
+        y = y * torch.nn.functional.silu(z.to(work))
+    out = y.to(dtype_in)
+    return (out, final) if return_final_states else out

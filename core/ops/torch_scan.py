@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .dispatch import register_backend
-from .scan_common import selective_scan_with, work_dtype
+from .scan_common import selective_scan_with, ssd_epilogue, ssd_prologue
 
 _BLOCK = 256   # time steps per checkpointed block
 _SUB = 16      # steps per chunk inside a block
@@ -139,14 +139,7 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, 
     """``mamba_chunk_scan_combined`` in pure torch, chunked dual form. Shapes as :func:`core.ops.ssd_scan`."""
     check_ssd_args(x, dt, A, B, C, initial_states)
     dtype_in = x.dtype
-    work = work_dtype(dtype_in)
-    x_, dt_ = x.to(work), dt.to(work)
-    if dt_bias is not None:
-        dt_ = dt_ + dt_bias.to(work)
-    if dt_softplus:
-        dt_ = F.softplus(dt_)
-    if tuple(dt_limit) != (0.0, float("inf")):
-        dt_ = dt_.clamp(dt_limit[0], dt_limit[1])
+    x_, dt_, work = ssd_prologue(x, dt, dt_bias, dt_softplus, dt_limit)
     batch, L, H, P = x_.shape
     G, N = B.shape[2], B.shape[3]
     hpg = H // G
@@ -183,13 +176,7 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, 
     Yo = (Cc @ Sin).reshape(batch, nc, G, Q, hpg, P) * torch.exp(acs).transpose(-1, -2)[..., None]
     y = (Y.transpose(3, 4) + Yo).permute(0, 1, 3, 2, 4, 5).reshape(batch, nc * Q, H, P)[:, :L]
     s = s.reshape(batch, G, N, hpg, P).permute(0, 1, 3, 4, 2).reshape(batch, H, P, N)
-    if D is not None:
-        Dw = D.to(work)
-        y = y + x_ * (Dw[:, None] if Dw.dim() == 1 else Dw)
-    if z is not None:
-        y = y * F.silu(z.to(work))
-    out = y.to(dtype_in)
-    return (out, s) if return_final_states else out
+    return ssd_epilogue(y, x_, D, z, dtype_in, s, return_final_states)
 
 
 register_backend("selective_scan", "torch", selective_scan_torch)
