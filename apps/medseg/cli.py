@@ -139,8 +139,8 @@ def cmd_evaluate(args) -> int:
     if ds["num_channels"] != module.hparams.in_channels:
         raise UserError(args.datalist or args.data_dir, f"{ds['num_channels']} channel(s); the model expects "
                                                         f"{module.hparams.in_channels}")
-    res = evaluate_cases(module, cases, args.device, args.tta)
-    res.update({"checkpoint": str(args.checkpoint), "split": split})
+    res = evaluate_cases(module, cases, args.device, args.tta, args.keep_largest)
+    res.update({"checkpoint": str(args.checkpoint), "split": split, "keep_largest": args.keep_largest})
     print(format_table(res))
     if path is not None:
         write_json(path, res)
@@ -161,6 +161,7 @@ def cmd_predict(args) -> int:
         module.net, args.input, out, cfg["data"], cfg["data"]["patch_size"], int(module.hparams.in_channels),
         sw_batch_size=cfg["train"]["sw_batch_size"], overlap=args.overlap or cfg["train"]["overlap"],
         device=args.device, tta=args.tta, save_probabilities=args.save_probabilities, overwrite=args.overwrite,
+        keep_largest=args.keep_largest,
         log=lambda s: print(s, file=sys.stderr if s.startswith("error") else sys.stdout, flush=True))
     print(f"{len(written)} case(s) written to {out}, {len(failures)} failed")
     if failures:
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", choices=["training", "validation", "test"], default=None)
     s.add_argument("--out", default=None, help="folder for evaluation.json")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--keep-largest", action="store_true",
+                   help="keep only the largest connected component of each class (single-piece organs)")
     s.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_evaluate)
@@ -212,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder(s) in nnU-Net naming (CASE_0000.nii.gz, ...) and/or single files")
     s.add_argument("-o", "--output", required=True, help="output folder: OUT/CASE.nii.gz")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--keep-largest", action="store_true",
+                   help="keep only the largest connected component of each class (single-piece organs)")
     s.add_argument("--tta", action="store_true", help="mirror test-time augmentation (4x slower)")
     s.add_argument("--save-probabilities", action="store_true", help="also write OUT/CASE_probabilities.nii.gz")
     s.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default from training)")

@@ -101,6 +101,23 @@ def probs_to_input_grid(probs: torch.Tensor, src_affine: torch.Tensor, ref: nib.
     return labels, (np.concatenate(kept, 0) if kept is not None else None)
 
 
+def keep_largest_component(labels: np.ndarray) -> np.ndarray:
+    """Per foreground class keep only its largest 26-connected component (nnU-Net-style
+    post-processing for single-piece organs such as the brain). labels (X, Y, Z) uint8."""
+    from scipy import ndimage
+
+    out = labels.copy()
+    for c in np.unique(labels):
+        if c == 0:
+            continue
+        comp, n = ndimage.label(labels == c, structure=np.ones((3, 3, 3), bool))
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            out[(comp > 0) & (comp != sizes.argmax())] = 0
+    return out
+
+
 def _output_header(ref: nib.Nifti1Image, dtype) -> nib.Nifti1Header:
     hdr = ref.header.copy()
     hdr.set_data_dtype(dtype)
@@ -144,7 +161,7 @@ def predict_file_cases(net: Callable[[torch.Tensor], torch.Tensor], inputs: Sequ
                        out_dir: str | Path, data_cfg: Mapping, roi_size: Sequence[int], num_channels: int,
                        sw_batch_size: int = 2, overlap: float = 0.25, device: str = "cpu", tta: bool = False,
                        save_probabilities: bool = False, overwrite: bool = False,
-                       log: Callable[[str], None] = print) -> Tuple[List[Path], List[str]]:
+                       log: Callable[[str], None] = print, keep_largest: bool = False) -> Tuple[List[Path], List[str]]:
     """Predict every case in ``inputs`` (folders in nnU-Net naming and/or files) into ``out_dir``.
 
     A bad case is reported in one line and skipped; returns (written mask paths, failure lines).
@@ -173,6 +190,8 @@ def predict_file_cases(net: Callable[[torch.Tensor], torch.Tensor], inputs: Sequ
             x, ref = preprocess_case(paths, data_cfg, name)
             probs = sliding_window_probs(net, x, roi_size, sw_batch_size, overlap, device, tta)
             labels, p_in = probs_to_input_grid(probs, x.affine, ref, keep_probs=save_probabilities)
+            if keep_largest:
+                labels = keep_largest_component(labels)
             save_mask(labels, ref, out_path, overwrite=overwrite)
             if save_probabilities:
                 p4 = np.ascontiguousarray(np.moveaxis(p_in, 0, -1), dtype=np.float32)

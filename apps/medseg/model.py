@@ -53,18 +53,15 @@ class MaskedInstanceNorm3d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if mask is None:  # the fused kernel: same maths, much faster on CPU
+            return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
         dims = tuple(range(2, x.ndim))
-        if mask is None:
-            mean = x.mean(dims, keepdim=True)
-            var = x.var(dims, keepdim=True, unbiased=False)
-        else:
-            n = mask.sum(dims, keepdim=True).clamp_min(1.0)
-            mean = (x * mask).sum(dims, keepdim=True) / n
-            var = (((x - mean) * mask) ** 2).sum(dims, keepdim=True) / n
+        n = mask.sum(dims, keepdim=True).clamp_min(1.0)
+        mean = (x * mask).sum(dims, keepdim=True) / n
+        var = (((x - mean) * mask) ** 2).sum(dims, keepdim=True) / n
         y = (x - mean) * torch.rsqrt(var + self.eps)
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y if mask is None else y * mask
+        return (y * self.weight.view(shape) + self.bias.view(shape)) * mask
 
 
 class ResBlock(nn.Module):

@@ -201,3 +201,14 @@ def test_evaluate_cli_and_bad_checkpoint(tiny_run, brain_data, tmp_path):
     r = _cli("train", "--datalist", tmp_path / "nope.json", "--out", tmp_path / "run")
     assert r.returncode == 2 and "nope.json" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()  # nothing half-made for a bad input
+
+
+def test_keep_largest_component():
+    from apps.medseg.infer import keep_largest_component
+
+    lab = np.zeros((12, 12, 12), np.uint8)
+    lab[1:6, 1:6, 1:6] = 1
+    lab[9:11, 9:11, 9:11] = 1   # a stray island of class 1
+    lab[8, 1, 1] = 2            # class 2: one voxel, kept (its largest)
+    out = keep_largest_component(lab)
+    assert out[1:6, 1:6, 1:6].all() and not out[9:11, 9:11, 9:11].any() and out[8, 1, 1] == 2
