@@ -15,8 +15,7 @@ import torch
 
 from . import cpu_build, torch_scan
 from .dispatch import register_backend
-from .scan_common import (bc_layout, bc_unlayout, chunk_len, selective_scan_with, ssd_epilogue,
-                          ssd_prologue)
+from .scan_common import bc_layout, bc_unlayout, chunk_len, selective_scan_with, ssd_scan_with
 
 _pool = None
 
@@ -127,19 +126,9 @@ def ssd_scan_cpu(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt
         return torch_scan.ssd_scan_torch(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
                                          dt_softplus=dt_softplus, initial_states=initial_states,
                                          return_final_states=return_final_states, dt_limit=dt_limit)
-    torch_scan.check_ssd_args(x, dt, A, B, C, initial_states)
-    dtype_in = x.dtype
-    x_, dt_, work = ssd_prologue(x, dt, dt_bias, dt_softplus, dt_limit)
-    batch, L, H, P = x_.shape
-    N = B.shape[-1]
-    u = x_.permute(0, 2, 3, 1).reshape(batch, H * P, L)
-    delta = dt_.permute(0, 2, 1)[:, :, None, :].expand(batch, H, P, L).reshape(batch, H * P, L)
-    A2 = A.to(work)[:, None, None].expand(H, P, N).reshape(H * P, N)
-    Bm, Cm = B.to(work).permute(0, 2, 3, 1), C.to(work).permute(0, 2, 3, 1)   # (batch, G, N, L)
-    h0 = initial_states.to(work).reshape(batch, H * P, N) if initial_states is not None else None
-    y, last = _cpu_core(u, delta, A2, Bm, Cm, h0)
-    y = y.reshape(batch, H, P, L).permute(0, 3, 1, 2)
-    return ssd_epilogue(y, x_, D, z, dtype_in, last.reshape(batch, H, P, N), return_final_states)
+    return ssd_scan_with(_cpu_core, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                         initial_states=initial_states, return_final_states=return_final_states,
+                         dt_limit=dt_limit)
 
 
 def _is_cpu(t: torch.Tensor) -> bool:

@@ -15,6 +15,10 @@ _REGISTRY: Dict[str, Dict[str, tuple]] = {
 }
 # Preference order for backend="auto"; the first one that can run wins.
 _AUTO_ORDER = ["mamba_ssm", "causal_conv1d", "cpu", "triton", "torch", "reference"]
+# SSD on a GPU: the chunked matmul form ("torch") uses tensor cores; our Triton
+# SSD is the sequential Mamba-1 kernel over heads*headdim channels, unmeasured on
+# a GPU so far, so it is only used when asked for by name.
+_AUTO_ORDER_BY_OP = {"ssd_scan": ["mamba_ssm", "cpu", "torch", "triton", "reference"]}
 
 
 def _any_device(t: torch.Tensor) -> bool:
@@ -33,7 +37,8 @@ def available_backends(op: str = "selective_scan", device: Optional[torch.device
 
     With ``device`` only those that can run on tensors of that device.
     """
-    names = sorted(_REGISTRY[op], key=lambda n: _AUTO_ORDER.index(n) if n in _AUTO_ORDER else len(_AUTO_ORDER))
+    order = _AUTO_ORDER_BY_OP.get(op, _AUTO_ORDER)
+    names = sorted(_REGISTRY[op], key=lambda n: order.index(n) if n in order else len(order))
     if device is None:
         return names
     probe = torch.empty(0, device=device) if str(device) != "meta" else torch.empty(0)

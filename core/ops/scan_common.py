@@ -124,3 +124,42 @@ def ssd_epilogue(y, x_, D, z, dtype_in, final, return_final_states):
         y = y * torch.nn.functional.silu(z.to(work))
     out = y.to(dtype_in)
     return (out, final) if return_final_states else out
+
+
+def check_ssd_args(x, dt, A, B, C, initial_states):
+    if x.dim() != 4:
+        raise ValueError(f"x must be (batch, L, heads, headdim); got {tuple(x.shape)}")
+    batch, L, H, P = x.shape
+    if tuple(dt.shape) != (batch, L, H):
+        raise ValueError(f"dt must be (batch, L, heads)=({batch}, {L}, {H}); got {tuple(dt.shape)}")
+    if tuple(A.shape) != (H,):
+        raise ValueError(f"A must be (heads,)=({H},); got {tuple(A.shape)}")
+    if B.dim() != 4 or B.shape[:2] != (batch, L) or C.shape != B.shape or H % B.shape[2]:
+        raise ValueError(f"B and C must be (batch, L, groups, N) with heads {H} divisible by groups; "
+                         f"got {tuple(B.shape)} and {tuple(C.shape)}")
+    if initial_states is not None and tuple(initial_states.shape) != (batch, H, P, B.shape[3]):
+        raise ValueError(f"initial_states must be (batch, heads, headdim, N); got {tuple(initial_states.shape)}")
+
+
+def ssd_scan_with(core, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                  initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf"))):
+    """``mamba_chunk_scan_combined`` semantics on a Mamba-1 ``core`` (see :func:`selective_scan_with`).
+
+    SSD is the Mamba-1 recurrence over dim = heads*headdim channels with A and
+    dt shared by a head's channels and B/C grouped, so any selective-scan core
+    runs it: x (batch, L, H, P) -> u (batch, H*P, L), A (H,) -> (H*P, N).
+    Gradients of A and dt flow back through the expansion by autograd.
+    """
+    check_ssd_args(x, dt, A, B, C, initial_states)
+    dtype_in = x.dtype
+    x_, dt_, work = ssd_prologue(x, dt, dt_bias, dt_softplus, dt_limit)
+    batch, L, H, P = x_.shape
+    N = B.shape[-1]
+    u = x_.permute(0, 2, 3, 1).reshape(batch, H * P, L)
+    delta = dt_.permute(0, 2, 1)[:, :, None, :].expand(batch, H, P, L).reshape(batch, H * P, L)
+    A2 = A.to(work)[:, None, None].expand(H, P, N).reshape(H * P, N)
+    Bm, Cm = B.to(work).permute(0, 2, 3, 1), C.to(work).permute(0, 2, 3, 1)   # (batch, G, N, L)
+    h0 = initial_states.to(work).reshape(batch, H * P, N) if initial_states is not None else None
+    y, last = core(u, delta, A2, Bm, Cm, h0)
+    y = y.reshape(batch, H, P, L).permute(0, 3, 1, 2)
+    return ssd_epilogue(y, x_, D, z, dtype_in, last.reshape(batch, H, P, N), return_final_states)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .dispatch import register_backend
-from .scan_common import selective_scan_with, ssd_epilogue, ssd_prologue
+from .scan_common import check_ssd_args, selective_scan_with, ssd_epilogue, ssd_prologue
 
 _BLOCK = 256   # time steps per checkpointed block
 _SUB = 16      # steps per chunk inside a block
@@ -117,21 +117,6 @@ def _segsum_exp(a):
     seg = x.masked_fill(~low, 0).cumsum(-2)
     seg = seg.masked_fill(~torch.tril(torch.ones_like(low), 0), float("-inf"))
     return torch.exp(seg)
-
-
-def check_ssd_args(x, dt, A, B, C, initial_states):
-    if x.dim() != 4:
-        raise ValueError(f"x must be (batch, L, heads, headdim); got {tuple(x.shape)}")
-    batch, L, H, P = x.shape
-    if tuple(dt.shape) != (batch, L, H):
-        raise ValueError(f"dt must be (batch, L, heads)=({batch}, {L}, {H}); got {tuple(dt.shape)}")
-    if tuple(A.shape) != (H,):
-        raise ValueError(f"A must be (heads,)=({H},); got {tuple(A.shape)}")
-    if B.dim() != 4 or B.shape[:2] != (batch, L) or C.shape != B.shape or H % B.shape[2]:
-        raise ValueError(f"B and C must be (batch, L, groups, N) with heads {H} divisible by groups; "
-                         f"got {tuple(B.shape)} and {tuple(C.shape)}")
-    if initial_states is not None and tuple(initial_states.shape) != (batch, H, P, B.shape[3]):
-        raise ValueError(f"initial_states must be (batch, heads, headdim, N); got {tuple(initial_states.shape)}")
 
 
 def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,

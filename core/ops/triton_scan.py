@@ -9,15 +9,16 @@ gradients (gB/gC with atomics: the channels of a group share them).
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (the
 tests do that with tiny shapes). Kernels are jitted on first use, so the
 variable only has to be set before the first call, not before import. The SSD
-scan and the causal conv on CUDA use the "torch" backend when mamba_ssm /
-causal_conv1d are missing.
+scan runs on the same kernels (heads*headdim channels, see
+:func:`core.ops.scan_common.ssd_scan_with`); the causal conv on CUDA uses
+torch's grouped conv when causal_conv1d is missing.
 """
 import os
 
 import torch
 
 from .dispatch import register_backend
-from .scan_common import bc_layout, chunk_len, selective_scan_with
+from .scan_common import bc_layout, chunk_len, selective_scan_with, ssd_scan_with
 
 try:  # importing triton.language does not read TRITON_INTERPRET; jitting does
     import triton
@@ -192,6 +193,17 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                                initial_state=initial_state)
 
 
+def ssd_scan_triton(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
+                    initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf"))):
+    """``mamba_chunk_scan_combined`` on the Triton selective-scan kernels (heads*headdim channels).
+
+    Shapes as :func:`core.ops.ssd_scan`; ``chunk_size`` does not change the result.
+    """
+    return ssd_scan_with(_triton_core, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                         initial_states=initial_states, return_final_states=return_final_states,
+                         dt_limit=dt_limit)
+
+
 def can_run(t: torch.Tensor) -> bool:
     """CUDA tensors, or CPU tensors while TRITON_INTERPRET=1."""
     return t.is_cuda or (t.device.type == "cpu" and _interpret())
@@ -199,3 +211,4 @@ def can_run(t: torch.Tensor) -> bool:
 
 if _HAVE_TRITON:
     register_backend("selective_scan", "triton", selective_scan_triton, can_run)
+    register_backend("ssd_scan", "triton", ssd_scan_triton, can_run)

@@ -16,7 +16,8 @@ triton = pytest.importorskip("triton")
 
 from core.ops import selective_scan, triton_scan  # noqa: E402
 
-from .util import check_against_ref, run_ss, saved_numel, ss_inputs  # noqa: E402
+from .util import (check_against_ref, check_ssd_against_ref, run_ss, saved_numel,  # noqa: E402
+                   ss_inputs, ssd_inputs)
 
 pytestmark = [pytest.mark.triton,
               pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
@@ -71,3 +72,10 @@ def test_auto_does_not_pick_the_interpreter():
     from core.ops import resolve_backend
     assert resolve_backend("selective_scan", "auto", x["u"]) != "triton"
     selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"])  # runs on "cpu"
+
+
+@pytest.mark.parametrize("D", ["vec", "mat", None])
+def test_ssd_on_the_triton_kernels(D):
+    # SSD runs on the selective-scan kernels with heads*headdim channels
+    x = ssd_inputs(b=1, L=6, H=2, P=2, G=1, N=2, D=D)
+    check_ssd_against_ref("triton", x)
