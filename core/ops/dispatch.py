@@ -142,13 +142,15 @@ def _conv_torch(x, weight, bias=None, activation=None, initial_states=None):
 register_backend("selective_scan", "reference", reference.selective_scan_ref)
 register_backend("ssd_scan", "reference", reference.ssd_scan_ref)
 register_backend("causal_conv1d", "reference", reference.causal_conv1d_ref)
-register_backend("causal_conv1d", "cpu", _conv_torch)
+register_backend("causal_conv1d", "cpu", _conv_torch, lambda t: t.device.type == "cpu")
+register_backend("causal_conv1d", "torch", _conv_torch)
 register_backend("causal_conv1d_update", "reference", reference.causal_conv1d_update_ref)
 
 
 def _load_optional_backends():
     """Import fast backends that register themselves; missing packages are fine."""
-    for mod in ("core.ops.torch_scan", "core.ops.cpu_scan", "core.ops.triton_scan", "core.ops.cuda_ext"):
+    for mod in ("core.ops.torch_scan", "core.ops.cpu_scan", "core.ops.triton_scan", "core.ops.triton_conv",
+                "core.ops.cuda_ext"):
         if importlib.util.find_spec(mod) is not None:
             importlib.import_module(mod)
 

@@ -79,3 +79,24 @@ def test_ssd_on_the_triton_kernels(D):
     # SSD runs on the selective-scan kernels with heads*headdim channels
     x = ssd_inputs(b=1, L=6, H=2, P=2, G=1, N=2, D=D)
     check_ssd_against_ref("triton", x)
+
+
+@pytest.mark.parametrize("activation,bias,init,L", [(None, False, False, 1), ("silu", True, False, 7),
+                                                    ("silu", True, True, 130), (None, True, True, 5)])
+def test_causal_conv_kernel(activation, bias, init, L):
+    from core.ops import causal_conv1d, causal_conv1d_ref
+
+    g = torch.Generator().manual_seed(L)
+    x = torch.randn(2, 3, L, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    h0 = torch.randn(2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True) if init else None
+    inputs = [t for t in (x, w, b, h0) if t is not None]
+    out = causal_conv1d(x, w, b, activation=activation, initial_states=h0, backend="triton")
+    ref = causal_conv1d_ref(x, w, b, activation=activation, initial_states=h0)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # the kernel accumulates in fp32
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(out, inputs, gy)
+    exp = torch.autograd.grad(ref, inputs, gy)
+    for a, e in zip(got, exp):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
