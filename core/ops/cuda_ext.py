@@ -8,7 +8,7 @@ backend instead (Triton, then pure torch), so results never silently differ:
   gradient: with ``initial_state`` or ``return_last_state`` we use Triton.
 * float64 inputs (the kernels support fp32/fp16/bf16 only) go to Triton/torch.
 * ``causal_conv1d_fn`` supports widths 2..4 and needs channel-last ``x`` with
-  ``initial_states``; other widths use ``torch.nn.functional.conv1d``.
+  ``initial_states``; other widths use our Triton kernel.
 
 Not testable on a machine without a GPU; written against the packages'
 documented signatures (mamba_ssm >= 2.2, causal-conv1d >= 1.4).
@@ -76,8 +76,8 @@ def causal_conv1d_cuda(x, weight, bias=None, activation=None, initial_states=Non
     """``causal_conv1d.causal_conv1d_fn``; x (batch, dim, L), weight (dim, width)."""
     width = weight.shape[1]
     if not 2 <= width <= 4 or x.dtype not in _HALF_OR_FLOAT:
-        return _REGISTRY["causal_conv1d"]["cpu"][0](x, weight, bias=bias, activation=activation,
-                                                    initial_states=initial_states)
+        return _fallback("causal_conv1d", x, weight, bias=bias, activation=activation,
+                         initial_states=initial_states)
     if initial_states is not None:
         # the kernel takes initial states only with channel-last x (stride(1) == 1)
         x = x.transpose(1, 2).contiguous().transpose(1, 2)
