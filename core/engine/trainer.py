@@ -59,7 +59,8 @@ def make_trainer(out_dir: str | Path, max_epochs: Optional[int] = None, max_time
     ckpt_dir = out / "checkpoints"
     if trainer_kwargs.get("enable_checkpointing", True):
         cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
-                                   save_top_k=1, save_last=save_last, auto_insert_metric_name=False))
+                                   save_top_k=1, save_last=save_last, auto_insert_metric_name=False,
+                                   enable_version_counter=False))  # a reused run dir keeps best.ckpt, not best-v1
     if progress:
         import sys
 

@@ -133,6 +133,11 @@ def test_trainer_checkpoint_carries_config(tmp_path):
     loaded = load_module(ckpt, _Tiny)
     assert loaded.hparams.width == 3 and loaded.hparams.lr == 0.05
     torch.testing.assert_close(loaded.net.weight, model.net.weight.detach().cpu())
+    # a second run in the same folder replaces best.ckpt (no stale best + best-v1.ckpt)
+    model2 = _Tiny(width=3, lr=0.01)
+    make_trainer(tmp_path / "run", max_epochs=1, monitor="val_loss", progress=False).fit(model2, dl, dl)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert load_module(best_or_last_checkpoint(tmp_path / "run"), _Tiny).hparams.lr == 0.01
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="bad.ckpt"):
