@@ -99,7 +99,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import numpy as np
 
     from .data import find_records, load_records
     from .infer import format_metrics_table, predict_signals

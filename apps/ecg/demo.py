@@ -16,7 +16,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from core.engine import UserError, atomic_path, prepare_run_dir
+from core.engine import atomic_path, prepare_run_dir
 
 from .data import LEADS_12
 

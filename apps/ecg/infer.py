@@ -28,7 +28,6 @@ def predict_signals(module, signals: Sequence[np.ndarray], batch_size: int = 32,
     module.eval()
     device = next(module.parameters()).device
     win = module.window
-    per_rec: List[Tuple[np.ndarray, List[np.ndarray]]] = []
     queue: List[Tuple[int, np.ndarray]] = []
     outs: List[List[np.ndarray]] = [[] for _ in signals]
 

@@ -1,7 +1,6 @@
 """Supervised training: Dice + cross-entropy on random patches, sliding-window validation, best checkpoint."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence

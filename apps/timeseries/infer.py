@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional
 
-import numpy as np
 import pandas as pd
 import torch
 

@@ -16,7 +16,7 @@ rescaled onto that l1-ball (radius ``max_l1``) when it leaves it.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn

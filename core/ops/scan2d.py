@@ -84,7 +84,6 @@ def _scan2d_variates(u: Tensor, a: Tensor, c: Tensor) -> Tensor:
 
 def _scan2d_matrix(u: Tensor, a: Tensor, c: Tensor) -> Tensor:
     B, T, V = u.shape[:3]
-    S = u.shape[3:]
     # move variates last: (B, T, *S, V)
     perm = [0, 1] + list(range(3, u.dim())) + [2]
     u_, a_, c_ = u.permute(perm), a.permute(perm), c.permute(perm)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from apps.ecg.data import (LEAD_SETS, LEADS_12, crop_or_pad, find_records, load_records, parse_leads,
-                           preprocess, read_header, read_record, resample, windows)
+                           preprocess, read_record, resample, windows)
 from apps.ecg.labels import LabelSpace
 from core.engine import UserError
 

@@ -1,7 +1,6 @@
 """Model shapes, losses, and that a few optimisation steps on real records lower the loss."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

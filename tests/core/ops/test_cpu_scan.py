@@ -6,7 +6,7 @@ import torch
 
 from core.ops import cpu_build, cpu_scan, selective_scan, selective_scan_ref, torch_scan
 
-from .util import F64, check_against_ref, grads, run_ss, saved_numel, ss_inputs
+from .util import check_against_ref, grads, run_ss, saved_numel, ss_inputs
 
 BACKENDS = ["cpu", "torch"]
 
