@@ -166,7 +166,7 @@ def cmd_predict(args) -> int:
     print(f"{len(written)} case(s) written to {out}, {len(failures)} failed")
     if failures:
         print("failed:\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 1
+        return 2  # bad input, as everywhere in the project
     return 0
 
 

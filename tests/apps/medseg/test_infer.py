@@ -151,7 +151,7 @@ def test_predict_cli_ras_non_ras_and_bad_inputs(tiny_run, brain_data, tmp_path):
     nib.save(small, str(inp / "twoch_0001.nii.gz"))
     out = tmp_path / "out"
     r = _cli("predict", "--checkpoint", ckpt, "-i", inp, "-o", out)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr
     err = r.stderr
     for case, why in (("notes.txt", "not a NIfTI"), ("corrupt", "cannot read NIfTI"), ("missing", "missing channel"),
                       ("fourd", "3-D"), ("nan", "non-finite"), ("twoch", "expects 1")):
@@ -167,7 +167,7 @@ def test_predict_cli_ras_non_ras_and_bad_inputs(tiny_run, brain_data, tmp_path):
     # no overwrite without --overwrite; with it, probabilities too
     before = (out / "ras.nii.gz").stat().st_mtime_ns
     r = _cli("predict", "--checkpoint", ckpt, "-i", inp / "ras_0000.nii.gz", "-o", out)
-    assert r.returncode == 1 and "already exists" in r.stderr
+    assert r.returncode == 2 and "already exists" in r.stderr
     assert (out / "ras.nii.gz").stat().st_mtime_ns == before
     r = _cli("predict", "--checkpoint", ckpt, "-i", inp / "ras_0000.nii.gz", "-o", out, "--overwrite",
              "--save-probabilities")
