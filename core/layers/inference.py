@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from core.ops import available_backends
+from core.ops import available_backends, causal_conv1d
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -71,6 +71,33 @@ def get_states_from_cache(module: nn.Module, inference_params: InferenceParams, 
         states = module.allocate_inference_cache(batch_size, inference_params.max_seqlen)
         inference_params.key_value_memory_dict[key] = states
     return states
+
+
+def cached_states(module: nn.Module, inference_params: Optional[InferenceParams], batch_size: int):
+    """(conv_state, ssm_state, fresh) for a full-sequence forward.
+
+    The states are ``None`` without ``inference_params``; ``fresh`` means the
+    scan starts from zero (no cache, or ``seqlen_offset == 0``).
+    """
+    if inference_params is None:
+        return None, None, True
+    conv_state, ssm_state = get_states_from_cache(module, inference_params, batch_size)
+    return conv_state, ssm_state, inference_params.seqlen_offset == 0
+
+
+def cached_causal_conv(module: nn.Module, x: torch.Tensor, conv_state: Optional[torch.Tensor],
+                       fresh: bool) -> torch.Tensor:
+    """The layer's ``conv1d`` as a causal conv of x (batch, dim, L) -> (batch, dim, L).
+
+    Continues from ``conv_state`` (batch, dim, d_conv) unless ``fresh``, and
+    leaves the last ``d_conv`` inputs in it (in place).
+    """
+    # Clone: the kernels may save their inputs for backward while the cache changes in place.
+    init_conv = None if (conv_state is None or fresh) else conv_state[..., 1:].clone()
+    if conv_state is not None:
+        conv_state.copy_(conv_state_after(None if fresh else conv_state, x.detach(), module.d_conv))
+    return causal_conv1d(x, module.conv1d.weight.squeeze(1), module.conv1d.bias, activation=module.activation,
+                         initial_states=init_conv, backend=op_backend("causal_conv1d", module.backend))
 
 
 def conv_state_after(conv_state: Optional[torch.Tensor], x: torch.Tensor, width: int) -> torch.Tensor:

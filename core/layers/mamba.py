@@ -7,10 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.ops import causal_conv1d, causal_conv1d_update, selective_scan
+from core.ops import causal_conv1d_update, selective_scan
 
-from .inference import (InferenceParams, conv_state_after, fp32_at_least, get_states_from_cache,
-                        op_backend)
+from .inference import InferenceParams, cached_causal_conv, cached_states, fp32_at_least, op_backend
 
 
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -86,24 +85,13 @@ class Mamba(nn.Module):
         """(batch, L, d_model) -> (batch, L, d_model); with ``inference_params`` the states
         in its cache are the initial states (zero at ``seqlen_offset == 0``) and are updated."""
         batch, seqlen, _ = hidden_states.shape
-        conv_state = ssm_state = None
-        if inference_params is not None:
-            conv_state, ssm_state = get_states_from_cache(self, inference_params, batch)
-            if inference_params.seqlen_offset > 0 and seqlen == 1:
-                out, _, _ = self.step(hidden_states, conv_state, ssm_state)
-                return out
-        fresh = inference_params is None or inference_params.seqlen_offset == 0
+        conv_state, ssm_state, fresh = cached_states(self, inference_params, batch)
+        if not fresh and seqlen == 1:  # decoding: one recurrent step
+            return self.step(hidden_states, conv_state, ssm_state)[0]
 
         xz = self.in_proj(hidden_states).transpose(1, 2)          # (B, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
-        x = x.contiguous()
-        weight = self.conv1d.weight.squeeze(1)                    # (d_inner, d_conv)
-        # Clones: the kernels may save their inputs for backward, the caches change in place.
-        init_conv = None if (conv_state is None or fresh) else conv_state[..., 1:].clone()
-        if conv_state is not None:
-            conv_state.copy_(conv_state_after(None if fresh else conv_state, x.detach(), self.d_conv))
-        x = causal_conv1d(x, weight, self.conv1d.bias, activation=self.activation,
-                          initial_states=init_conv, backend=op_backend("causal_conv1d", self.backend))
+        x = cached_causal_conv(self, x.contiguous(), conv_state, fresh)
 
         x_dbl = self.x_proj(x.transpose(1, 2))                    # (B, L, R + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)

@@ -5,10 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.ops import causal_conv1d, causal_conv1d_update, ssd_scan
+from core.ops import causal_conv1d_update, ssd_scan
 
-from .inference import (InferenceParams, conv_state_after, fp32_at_least, get_states_from_cache,
-                        op_backend)
+from .inference import InferenceParams, cached_causal_conv, cached_states, fp32_at_least, op_backend
 from .mamba import init_dt_bias
 from .norm import RMSNormGated
 
@@ -91,22 +90,13 @@ class Mamba2(nn.Module):
         """(batch, L, d_model) -> (batch, L, d_model); with ``inference_params`` the cached states
         are the initial states (zero at ``seqlen_offset == 0``) and are updated in place."""
         batch, seqlen, _ = u.shape
-        conv_state = ssm_state = None
-        if inference_params is not None:
-            conv_state, ssm_state = get_states_from_cache(self, inference_params, batch)
-            if inference_params.seqlen_offset > 0 and seqlen == 1:
-                out, _, _ = self.step(u, conv_state, ssm_state)
-                return out
-        fresh = inference_params is None or inference_params.seqlen_offset == 0
+        conv_state, ssm_state, fresh = cached_states(self, inference_params, batch)
+        if not fresh and seqlen == 1:  # decoding: one recurrent step
+            return self.step(u, conv_state, ssm_state)[0]
 
         d_mlp, (z0, x0, z, xBC, dt) = self._split(self.in_proj(u))
         xBC_t = xBC.transpose(1, 2).contiguous()                        # (B, conv_dim, L)
-        init_conv = None if (conv_state is None or fresh) else conv_state[..., 1:].clone()
-        if conv_state is not None:
-            conv_state.copy_(conv_state_after(None if fresh else conv_state, xBC_t.detach(), self.d_conv))
-        xBC = causal_conv1d(xBC_t, self.conv1d.weight.squeeze(1), self.conv1d.bias,
-                            activation=self.activation, initial_states=init_conv,
-                            backend=op_backend("causal_conv1d", self.backend)).transpose(1, 2)
+        xBC = cached_causal_conv(self, xBC_t, conv_state, fresh).transpose(1, 2)
         GN = self.ngroups * self.d_state
         x, B, C = torch.split(xBC, [self.d_ssm, GN, GN], dim=-1)
         A = -torch.exp(fp32_at_least(self.A_log))
