@@ -6,7 +6,7 @@ import torch
 
 from core.ops import selective_scan_ref, ssd_scan, ssd_scan_ref
 
-from .util import check_ssd_against_ref, grads, run_ssd, saved_numel, ssd_inputs
+from .util import assert_close_to_ref, check_ssd_against_ref, grads, run_ssd, saved_numel, ssd_inputs
 
 BACKENDS = ["cpu", "torch"]
 
@@ -60,12 +60,7 @@ def _long_case():
 def test_long_sequence_fp32(backend):
     x, ref, gref = _long_case()
     out = run_ssd(backend, x, chunk_size=256)
-    for o, r in zip(out, ref):
-        assert torch.isfinite(o).all()
-        torch.testing.assert_close(o.double(), r, rtol=2e-4, atol=2e-4)
-    for k, a, e in zip(x, grads(out, x), gref):
-        assert torch.isfinite(a).all(), k
-        torch.testing.assert_close(a.double(), e, rtol=1e-3, atol=1e-3, msg=lambda m: f"{k}: {m}")
+    assert_close_to_ref(x, out, ref, gref, rtol=2e-4, atol=2e-4, grad_rtol=1e-3, grad_atol=1e-3)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

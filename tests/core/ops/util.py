@@ -62,6 +62,16 @@ def grads(outs, inputs, seed=1):
     return torch.autograd.grad(loss, list(inputs.values()), allow_unused=True)
 
 
+def assert_close_to_ref(x, out, ref, gref, rtol, atol, grad_rtol, grad_atol):
+    """Finite outputs/gradients of ``out`` (for inputs ``x``) close to float64 ``ref``/``gref``."""
+    for o, r in zip(out, ref):
+        assert torch.isfinite(o).all()
+        torch.testing.assert_close(o.double(), r, rtol=rtol, atol=atol)
+    for k, a, e in zip(x, grads(out, x), gref):
+        assert torch.isfinite(a).all(), k
+        torch.testing.assert_close(a.double(), e, rtol=grad_rtol, atol=grad_atol, msg=lambda m: f"{k}: {m}")
+
+
 def check_against_ref(backend, x, softplus=True, rtol=1e-9, atol=1e-9, grad=True):
     """Outputs and gradients of ``backend`` vs the reference on float64 copies of ``x``."""
     x64 = {k: v.detach().double().requires_grad_() for k, v in x.items()}
