@@ -84,9 +84,6 @@ def cmd_train(args) -> int:
     cfg = merge_config(DEFAULTS, load_config(args.config), flags)
     cfg = merge_config(cfg, parse_set_pairs(args.set_pairs), strict=True)
     out = prepare_run_dir(args.out, args.overwrite)
-    if args.overwrite:  # stale checkpoints would make Lightning write best-v1.ckpt
-        for old in (out / "checkpoints").glob("*.ckpt"):
-            old.unlink()
     tk = trainer_kwargs_from_args(args)
     if tk["max_epochs"] is None and tk["max_time"] is None:
         tk["max_epochs"] = int(cfg["max_epochs"])

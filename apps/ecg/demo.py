@@ -139,9 +139,8 @@ def run_demo(out: Path, seed: int = 0, overwrite: bool = False, n_train: int = 1
 
     t0 = time.time()
     out = prepare_run_dir(out, overwrite)
-    if overwrite:
-        for old in (out / "run" / "checkpoints").glob("*.ckpt"):
-            old.unlink()
+    if overwrite:  # the training run lives one level down
+        prepare_run_dir(out / "run", overwrite=True)
     data, new = out / "data" / "train", out / "data" / "new"
     print(f"writing {n_train} synthetic training records to {data}/ and 7 new ones to {new}/ ...", flush=True)
     make_dataset(data, n_train, seed)

@@ -50,17 +50,8 @@ def _check_patch(cfg: dict) -> None:
                                   "for this model")
 
 
-def _fresh_run_dir(out: Path, overwrite: bool) -> None:
-    """``prepare_run_dir`` + drop our previous checkpoints/logs, so a stale best.ckpt is never picked up."""
-    import shutil
-
-    prepare_run_dir(out, overwrite)
-    for sub in ("checkpoints", "logs", "reconstructions"):
-        if (out / sub).is_dir():
-            shutil.rmtree(out / sub)
-    for f in ("metrics.json", "config.json"):
-        if (out / f).is_file():
-            (out / f).unlink()
+# Our own outputs in a run directory, removed (with the trainer's) when it is reused.
+RUN_FILES = ("reconstructions", "metrics.json", "config.json")
 
 
 def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -77,7 +68,7 @@ def cmd_train(args) -> int:
     _check_patch(cfg)
     ds = load_dataset(args.datalist, args.data_dir)
     out = Path(args.out)
-    _fresh_run_dir(out, args.overwrite)
+    prepare_run_dir(out, args.overwrite, clear=RUN_FILES)
     seed_everything(args.seed)
     init = args.init_from or cfg["train"].get("init_from")
     res = run_train(cfg, ds, out, trainer_kwargs_from_args(args), args.num_workers, init, args.seed, _progress())
@@ -110,7 +101,7 @@ def cmd_pretrain(args) -> int:
     _check_patch(cfg)
     cases, n_ch = _pretrain_cases(args)
     out = Path(args.out)
-    _fresh_run_dir(out, args.overwrite)
+    prepare_run_dir(out, args.overwrite, clear=RUN_FILES)
     seed_everything(args.seed)
     res = run_pretrain(cfg, cases, n_ch, out, trainer_kwargs_from_args(args), args.num_workers, _progress())
     if args.save_recon:

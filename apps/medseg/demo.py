@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from core.engine import seed_everything
+from core.engine import prepare_run_dir, seed_everything
 
 from .config import DEFAULTS
 
@@ -39,11 +39,11 @@ def run_demo(out: Path, seed: int = 0, overwrite: bool = False, max_time: str = 
 
     t0 = time.time()
     out = Path(out)
-    from .cli import _fresh_run_dir
+    from .cli import RUN_FILES
 
-    _fresh_run_dir(out, overwrite)
-    if (out / "run").is_dir():
-        _fresh_run_dir(out / "run", True)
+    prepare_run_dir(out, overwrite, clear=RUN_FILES)
+    if (out / "run").is_dir():  # the training run lives one level down
+        prepare_run_dir(out / "run", True, clear=RUN_FILES)
     seed_everything(seed)
     data = out / "data"
     names = make_demo_dataset(data, n_train=4, n_test=1, seed=seed)

@@ -1,7 +1,6 @@
 """Training: a LightningModule around any forecaster, early stopping on validation MSE."""
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -112,11 +111,7 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
     if max_epochs is not None:
         cfg["max_epochs"] = max_epochs
     data = load_series(data_path, seq_len, pred_len, features, target, date_col, fill, split)  # validates first
-    out_dir = prepare_run_dir(out, overwrite)
-    if overwrite:  # a reused run dir must not hand back the previous run's best.ckpt
-        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-        for stale in ("metrics.json", "config.json"):
-            (out_dir / stale).unlink(missing_ok=True)
+    out_dir = prepare_run_dir(out, overwrite, clear=("metrics.json", "config.json"))
     seed_everything(seed)
     module = ForecastModule(model, cfg["model"], seq_len, pred_len, len(data.in_cols), len(data.out_cols),
                             lr=cfg["lr"], weight_decay=cfg["weight_decay"], loss=cfg["loss"],

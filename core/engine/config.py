@@ -9,6 +9,7 @@ import argparse
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional
 
@@ -145,12 +146,28 @@ def trainer_kwargs_from_args(args: argparse.Namespace) -> Dict[str, Any]:
                 strategy=args.strategy, precision=args.precision)
 
 
-def prepare_run_dir(out: str | Path, overwrite: bool) -> Path:
-    """Create ``out``; a non-empty existing one needs ``overwrite``."""
+# What make_trainer writes into a run directory.
+RUN_OUTPUTS = ("checkpoints", "logs")
+
+
+def prepare_run_dir(out: str | Path, overwrite: bool, clear: Iterable[str] = ()) -> Path:
+    """Create ``out``; a non-empty existing one needs ``overwrite``.
+
+    When reusing one, the previous run's outputs are removed first (the
+    trainer's ``checkpoints/`` and ``logs/`` plus the app's own ``clear`` names),
+    so a stale ``best.ckpt`` or metrics file is never mistaken for the new run's.
+    """
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise UserError(p, "exists and is not a directory")
-    if p.is_dir() and any(p.iterdir()) and not overwrite:
-        raise UserError(p, "run directory is not empty (pass --overwrite to reuse it)")
+    if p.is_dir() and any(p.iterdir()):
+        if not overwrite:
+            raise UserError(p, "run directory is not empty (pass --overwrite to reuse it)")
+        for name in (*RUN_OUTPUTS, *clear):
+            old = p / name
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
     p.mkdir(parents=True, exist_ok=True)
     return p

@@ -62,6 +62,15 @@ def test_ensure_new_and_run_dir(tmp_path):
     with pytest.raises(UserError, match="not empty"):
         prepare_run_dir(tmp_path, overwrite=False)
     assert prepare_run_dir(tmp_path / "new", overwrite=False).is_dir()
+    # reusing a run dir removes the previous run's outputs, nothing else
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").write_text("old")
+    (run / "logs").mkdir()
+    (run / "metrics.json").write_text("{}")
+    (run / "notes.txt").write_text("mine")
+    prepare_run_dir(run, overwrite=True, clear=("metrics.json",))
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
 
 
 def test_max_time():
