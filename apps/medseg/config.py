@@ -22,6 +22,7 @@ DEFAULTS = {
     "model": {"preset": "tiny"},       # preset name plus any UNetMamba keyword to override
     "train": {
         "lr": 2e-3,
+        "lr_schedule": "poly",         # nnU-Net's (1 - progress)^0.9 over max epochs or --max-time; or constant
         "weight_decay": 1e-5,
         "batch_size": 2,
         "steps_per_epoch": 25,         # patches are random: an "epoch" is a fixed number of steps

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from core.engine import UserError, best_or_last_checkpoint, make_trainer, write_json
+from core.engine import UserError, best_or_last_checkpoint, make_trainer, poly_lr_scheduler, write_json
 
 from .model import build_model, count_parameters
 
@@ -111,7 +111,13 @@ class SegModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.config["train"]
-        return torch.optim.AdamW(self.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+        opt = torch.optim.AdamW(self.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+        sched = t.get("lr_schedule", "constant")  # checkpoints from before the option trained at constant lr
+        if sched == "constant":
+            return opt
+        if sched != "poly":
+            raise UserError("config", f"train.lr_schedule must be poly or constant, got {sched!r}")
+        return {"optimizer": opt, "lr_scheduler": poly_lr_scheduler(opt, self, int(t["steps_per_epoch"]))}
 
 
 def load_pretrained_into(net: torch.nn.Module, ckpt_path: str | Path) -> Dict[str, int]:

@@ -112,6 +112,53 @@ def infer_freq(ts: pd.DatetimeIndex) -> pd.Timedelta | pd.DateOffset:
     return pd.Timedelta(d.iloc[0]) if len(d) else pd.Timedelta(hours=1)
 
 
+# Calendar positions count from a Monday midnight, so a phase "mod steps-per-day" is the time of
+# day and "mod steps-per-week" the time of week, the same in every file of the series.
+EPOCH = pd.Timestamp("1970-01-05")
+
+
+def _fixed_step(f) -> Optional[pd.Timedelta]:
+    try:
+        d = pd.Timedelta(f)
+    except (ValueError, TypeError):
+        return None
+    return d if d > pd.Timedelta(0) else None
+
+
+def step_index(ts: pd.DatetimeIndex) -> np.ndarray:
+    """(rows,) int64: each timestamp's position in sampling steps since :data:`EPOCH`.
+
+    Fixed steps (minutes, hours, days) count whole steps; calendar steps (months, business days)
+    use pandas period ordinals. Only differences and residues modulo a cycle length are used.
+    """
+    if ts.tz is not None:
+        ts = ts.tz_localize(None)
+    f = infer_freq(ts)
+    d = _fixed_step(f)
+    if d is not None:
+        return np.asarray((ts - EPOCH) // d, dtype=np.int64)
+    return np.asarray(pd.PeriodIndex(ts, freq=f).asi8, dtype=np.int64)
+
+
+def auto_cycle_len(ts: pd.DatetimeIndex) -> int:
+    """The natural cycle in steps: one day for sub-daily data (24 hourly, 96 at 15 min), a week
+    for daily data, a year for monthly (12) and quarterly (4) data; 0 (none) otherwise."""
+    f = infer_freq(ts)
+    d = _fixed_step(f)
+    day = pd.Timedelta(days=1)
+    if d is not None:
+        if d < day and day % d == pd.Timedelta(0):
+            return int(day // d)
+        return 7 if d == day else 0
+    if isinstance(f, (pd.offsets.MonthEnd, pd.offsets.MonthBegin)):
+        return 12
+    if isinstance(f, (pd.offsets.QuarterEnd, pd.offsets.QuarterBegin)):
+        return 4
+    if isinstance(f, pd.offsets.BusinessDay):
+        return 5
+    return 0
+
+
 def future_timestamps(ts: pd.DatetimeIndex, steps: int) -> pd.DatetimeIndex:
     """The ``steps`` timestamps after ``ts[-1]`` at the series' inferred frequency."""
     f = infer_freq(ts)
@@ -173,11 +220,16 @@ class Scaler:
 
 
 class WindowDataset(Dataset):
-    """Sliding windows over a (rows, C) float array: item -> (x (L, C_in), y (H, C_out))."""
+    """Sliding windows over a (rows, C) float array.
+
+    item -> ``(x (L, C_in), y (H, C_out), t)`` with ``t`` the step index (:func:`step_index`) of
+    the window's first row, an int64 scalar (0 when ``steps`` is not given).
+    """
 
     def __init__(self, data: np.ndarray, seq_len: int, pred_len: int, in_cols: Sequence[int],
-                 out_cols: Sequence[int]):
+                 out_cols: Sequence[int], steps: Optional[np.ndarray] = None):
         self.data = torch.as_tensor(np.ascontiguousarray(data), dtype=torch.float32)
+        self.steps = torch.as_tensor(steps if steps is not None else np.zeros(len(data), np.int64))
         self.seq_len, self.pred_len = seq_len, pred_len
         self.in_cols, self.out_cols = list(in_cols), list(out_cols)
         self._all_in = self.in_cols == list(range(self.data.shape[1]))
@@ -190,7 +242,7 @@ class WindowDataset(Dataset):
         x = self.data[s:m]
         x = x if self._all_in else x[:, self.in_cols]
         y = self.data[m:m + self.pred_len][:, self.out_cols]
-        return x, y
+        return x, y, self.steps[s]
 
 
 @dataclasses.dataclass
@@ -207,6 +259,7 @@ class SeriesData:
     borders: Tuple[List[int], List[int]]
     seq_len: int
     pred_len: int
+    steps: np.ndarray             # (rows,) int64 calendar position, see step_index
 
     @property
     def in_cols(self) -> List[int]:
@@ -228,7 +281,8 @@ class SeriesData:
         """'train' | 'val' | 'test' windows (val/test begin seq_len rows before their border)."""
         k = {"train": 0, "val": 1, "test": 2}[split]
         b1, b2 = self.borders
-        return WindowDataset(self.scaled[b1[k]:b2[k]], self.seq_len, self.pred_len, self.in_cols, self.out_cols)
+        return WindowDataset(self.scaled[b1[k]:b2[k]], self.seq_len, self.pred_len, self.in_cols, self.out_cols,
+                             self.steps[b1[k]:b2[k]])
 
     def loader(self, split: str, batch_size: int, num_workers: int = 0) -> DataLoader:
         """Train: shuffled, drops its last partial batch (as TSLib); val/test: in order, keep it."""
@@ -236,10 +290,11 @@ class SeriesData:
         return DataLoader(self.dataset(split), batch_size=batch_size, shuffle=train, drop_last=train,
                           num_workers=num_workers)
 
-    def last_window(self) -> torch.Tensor:
-        """The final ``seq_len`` rows, scaled: (1, L, C_in) — the input of a true forecast."""
+    def last_window(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The input of a true forecast: the final ``seq_len`` rows scaled, (1, L, C_in), and the
+        step index of its first row, (1,) int64."""
         x = torch.as_tensor(self.scaled[-self.seq_len:][:, self.in_cols], dtype=torch.float32)
-        return x[None]
+        return x[None], torch.as_tensor(self.steps[-self.seq_len:][:1])
 
 
 def load_series(path: str | Path, seq_len: int, pred_len: int, features: str = "M",
@@ -281,7 +336,7 @@ def load_series(path: str | Path, seq_len: int, pred_len: int, features: str = "
         scaler = Scaler.from_state(scaler_state)
         return SeriesData(path=str(p), timestamps=ts, columns=order, target=target, features=features,
                           scaler=scaler, scaled=scaler.transform(raw), raw=raw, borders=([0] * 3, [n] * 3),
-                          seq_len=seq_len, pred_len=pred_len)
+                          seq_len=seq_len, pred_len=pred_len, steps=step_index(ts))
     b1, b2 = split_borders(n, seq_len, kind)
     if kind != "custom" and n < b2[2]:
         raise UserError(p, f"{kind} protocol needs {b2[2]} rows, file has {n} (use a 70/10/20 split: rename "
@@ -294,7 +349,7 @@ def load_series(path: str | Path, seq_len: int, pred_len: int, features: str = "
     scaler = Scaler.from_state(scaler_state) if scaler_state else Scaler.fit(raw[b1[0]:b2[0]])
     return SeriesData(path=str(p), timestamps=ts, columns=order, target=target, features=features,
                       scaler=scaler, scaled=scaler.transform(raw), raw=raw, borders=(b1, b2),
-                      seq_len=seq_len, pred_len=pred_len)
+                      seq_len=seq_len, pred_len=pred_len, steps=step_index(ts))
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -38,8 +38,8 @@ def predict_split(module, data: SeriesData, split: str, batch_size: int = 256):
     """(pred, true) on a split, every window (the last partial batch included): (N, H, C_out) each."""
     module.eval()
     preds, trues = [], []
-    for x, y in data.loader(split, batch_size):
-        preds.append(module(x))
+    for x, y, t in data.loader(split, batch_size):
+        preds.append(module(x, t))
         trues.append(y)
     return torch.cat(preds), torch.cat(trues)
 
@@ -56,7 +56,7 @@ def evaluate_split(module, data: SeriesData, split: str = "test") -> Dict[str, f
 def forecast(module, data: SeriesData) -> pd.DataFrame:
     """The next pred_len steps after the file's last row, original scale, with continued timestamps."""
     module.eval()
-    y = module(data.last_window())[0].double()                    # (H, C_out) scaled
+    y = module(*data.last_window())[0].double()                    # (H, C_out) scaled
     y = data.scaler.inverse(y, data.out_cols).numpy()
     ts = future_timestamps(data.timestamps, y.shape[0])
     df = pd.DataFrame(y, columns=data.out_names)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from core.engine import (UserError, best_or_last_checkpoint, load_module, make_trainer, merge_config,
                          prepare_run_dir, seed_everything, write_json)
 
-from .data import SeriesData, load_series
+from .data import SeriesData, auto_cycle_len, load_series
 from .models import MODELS, build_model
 
 # Per-model defaults, tuned on ETTh1 validation (see bench/RESULTS.md, "## timeseries").
@@ -22,12 +22,12 @@ MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
                     zero_init_head=False),
     "spacetime": dict(d_model=32, d_state=16, n_layers=2, embed_lags=8, dropout=0.1,
                       channel_mixing=False, linear_skip=True, revin=True),
-    "dlinear": dict(kernel_size=25),
+    "dlinear": dict(kernel_size=25, revin=False),
 }
 
 TRAIN_DEFAULTS: Dict[str, Any] = dict(
     batch_size=32, lr=1e-3, weight_decay=0.0, loss="mae", lr_decay=0.5, patience=3,
-    max_epochs=10, model={},
+    max_epochs=10, cycle="auto", model={},
 )
 
 
@@ -36,13 +36,19 @@ class ForecastModule(L.LightningModule):
 
     def __init__(self, model_name: str, model_cfg: Dict[str, Any], seq_len: int, pred_len: int,
                  enc_in: int, c_out: int, lr: float = 1e-3, weight_decay: float = 0.0,
-                 loss: str = "mse", lr_decay: float = 0.5, data_info: Optional[Dict[str, Any]] = None):
+                 loss: str = "mse", lr_decay: float = 0.5, data_info: Optional[Dict[str, Any]] = None,
+                 cycle_len: int = 0):
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_model(model_name, seq_len, pred_len, enc_in, c_out, **model_cfg)
+        self.model = build_model(model_name, seq_len, pred_len, enc_in, c_out, cycle_len=cycle_len, **model_cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, seq_len, enc_in) scaled -> (B, pred_len, c_out) scaled."""
+    def forward(self, x: torch.Tensor, t_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, seq_len, enc_in) scaled, t_index (B,) step index of each window's first row
+        (needed when ``cycle_len > 0``) -> (B, pred_len, c_out) scaled."""
+        if self.hparams.cycle_len > 0:
+            if t_index is None:
+                raise ValueError("this model removes a calendar cycle: pass t_index, the windows' step index")
+            return self.model(x, t_index)
         return self.model(x)
 
     def _loss(self, pred, y):
@@ -54,14 +60,14 @@ class ForecastModule(L.LightningModule):
         return F.mse_loss(pred, y)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = self._loss(self(x), y)
+        x, y, t = batch
+        loss = self._loss(self(x, t), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
-        pred = self(x)
+        x, y, t = batch
+        pred = self(x, t)
         # sums so the epoch value is the exact mean over all windows (last partial batch included)
         self.log("val_loss", F.mse_loss(pred, y), on_epoch=True, prog_bar=True, batch_size=x.shape[0])
 
@@ -82,6 +88,9 @@ def resolve_config(model: str, config: Optional[Dict[str, Any]] = None,
     unknown = sorted(set(cfg["model"]) - set(MODEL_DEFAULTS[model]))
     if unknown:
         raise UserError("config", f"unknown {model} option(s) {unknown}; known: {sorted(MODEL_DEFAULTS[model])}")
+    if cfg["cycle"] != "auto" and (isinstance(cfg["cycle"], bool) or not isinstance(cfg["cycle"], int)
+                                   or cfg["cycle"] < 0):
+        raise UserError("config", f"cycle must be 'auto' or a number of steps >= 0 (0 = off), got {cfg['cycle']!r}")
     if cfg["loss"] not in ("mse", "mae", "huber"):
         raise UserError("config", f"loss must be mse, mae or huber, got {cfg['loss']!r}")
     return cfg
@@ -112,12 +121,14 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
         cfg["max_epochs"] = max_epochs
     data = load_series(data_path, seq_len, pred_len, features, target, date_col, fill, split)  # validates first
     out_dir = prepare_run_dir(out, overwrite, clear=("metrics.json", "config.json"))
+    cycle_len = auto_cycle_len(data.timestamps) if cfg["cycle"] == "auto" else int(cfg["cycle"])
     seed_everything(seed)
     module = ForecastModule(model, cfg["model"], seq_len, pred_len, len(data.in_cols), len(data.out_cols),
                             lr=cfg["lr"], weight_decay=cfg["weight_decay"], loss=cfg["loss"],
-                            lr_decay=cfg["lr_decay"], data_info=data_info(data))
+                            lr_decay=cfg["lr_decay"], data_info=data_info(data), cycle_len=cycle_len)
     write_json(out_dir / "config.json", dict(cfg, data=str(data_path), seq_len=seq_len, pred_len=pred_len,
-                                             features=features, target=data.target, seed=seed))
+                                             features=features, target=data.target, seed=seed,
+                                             cycle_len=cycle_len))
     tk = dict(trainer_kwargs or {})
     tk.setdefault("max_time", max_time)
     trainer = make_trainer(out_dir, max_epochs=cfg["max_epochs"], monitor="val_loss", progress=progress,
@@ -131,7 +142,7 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
     best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else best_or_last_checkpoint(out_dir)
     module = load_module(best, ForecastModule)
     result = dict(model=model, data=str(data_path), seq_len=seq_len, pred_len=pred_len, features=features,
-                  seed=seed, epochs=int(trainer.current_epoch), train_time_s=round(train_s, 1),
+                  seed=seed, cycle_len=cycle_len, epochs=int(trainer.current_epoch), train_time_s=round(train_s, 1),
                   n_params=sum(p.numel() for p in module.parameters()), checkpoint=str(best))
     result["val"] = evaluate_split(module, data, "val")
     result["test"] = evaluate_split(module, data, "test")

@@ -1,16 +1,35 @@
 """Forecasters with one signature: ``Model(seq_len, pred_len, enc_in, c_out, **cfg)``,
-``forward(x_enc (B, L, enc_in)) -> (B, pred_len, c_out)`` (Time-Series-Library style)."""
+``forward(x_enc (B, L, enc_in)) -> (B, pred_len, c_out)`` (Time-Series-Library style).
+
+Any of them can be wrapped in :class:`ResidualCycle` (``build_model(..., cycle_len=24)``), whose
+forward also takes the windows' calendar position: ``forward(x_enc, t_index (B,))``.
+"""
 from __future__ import annotations
 
+import inspect
+
 from .chimera import Chimera
+from .common import ResidualCycle
 from .dlinear import DLinear
 from .spacetime import SpaceTime
 
 MODELS = {"chimera": Chimera, "spacetime": SpaceTime, "dlinear": DLinear}
 
-__all__ = ["Chimera", "DLinear", "SpaceTime", "MODELS", "build_model"]
+__all__ = ["Chimera", "DLinear", "SpaceTime", "ResidualCycle", "MODELS", "build_model"]
 
 
-def build_model(name: str, seq_len: int, pred_len: int, enc_in: int, c_out: int, **cfg):
-    """Instantiate ``MODELS[name]`` (config keys are the model's keyword arguments)."""
-    return MODELS[name](seq_len=seq_len, pred_len=pred_len, enc_in=enc_in, c_out=c_out, **cfg)
+def build_model(name: str, seq_len: int, pred_len: int, enc_in: int, c_out: int, cycle_len: int = 0, **cfg):
+    """Instantiate ``MODELS[name]`` (config keys are the model's keyword arguments).
+
+    ``cycle_len > 0`` wraps it in :class:`ResidualCycle`; the model's RevIN (``revin``, on by default
+    for models without the option) then moves into the wrapper, before the cycle is removed.
+    """
+    cls = MODELS[name]
+    if cycle_len <= 0:
+        return cls(seq_len=seq_len, pred_len=pred_len, enc_in=enc_in, c_out=c_out, **cfg)
+    cfg = dict(cfg)
+    revin = cfg.pop("revin", True)
+    if "revin" in inspect.signature(cls).parameters:
+        cfg["revin"] = False
+    backbone = cls(seq_len=seq_len, pred_len=pred_len, enc_in=enc_in, c_out=c_out, **cfg)
+    return ResidualCycle(backbone, seq_len, pred_len, enc_in, c_out, cycle_len, revin=revin)

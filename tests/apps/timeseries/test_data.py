@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from apps.timeseries.data import (future_timestamps, load_series, metrics, split_borders, split_kind)
+from apps.timeseries.data import (auto_cycle_len, future_timestamps, load_series, metrics, split_borders, split_kind,
+                                  step_index)
 
 ETT = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "timeseries" / "ETT"
 ETTH1 = ETT / "ETTh1.csv"
@@ -46,10 +47,10 @@ def test_etth1_scaler_fitted_on_train_rows_only(etth1):
 
 @needs_ett
 def test_etth1_first_test_window_forecasts_the_row_after_the_border(etth1):
-    x, y = etth1.dataset("test")[0]
+    x, y, _ = etth1.dataset("test")[0]
     np.testing.assert_allclose(x.numpy(), etth1.scaled[11520 - 96:11520], rtol=1e-6)
     np.testing.assert_allclose(y.numpy(), etth1.scaled[11520:11520 + 96], rtol=1e-6)
-    x, y = etth1.dataset("test")[len(etth1.dataset("test")) - 1]
+    x, y, _ = etth1.dataset("test")[len(etth1.dataset("test")) - 1]
     np.testing.assert_allclose(y[-1].numpy(), etth1.scaled[14399], rtol=1e-6)
 
 
@@ -58,18 +59,18 @@ def test_test_loader_keeps_last_partial_batch(etth1):
     n = 2880 - 96 + 1
     dl = etth1.loader("test", 32)
     assert len(dl) == math.ceil(n / 32)
-    assert sum(x.shape[0] for x, _ in dl) == n
+    assert sum(x.shape[0] for x, _, _ in dl) == n
     assert len(etth1.loader("train", 32)) == (8640 - 191) // 32  # train drops its partial batch
 
 
 @needs_ett
 def test_modes_s_ms_and_target_order():
     s = load_series(ETTH1, 96, 24, "S", "OT")
-    x, y = s.dataset("train")[0]
+    x, y, _ = s.dataset("train")[0]
     assert x.shape == (96, 1) and y.shape == (24, 1)
     ms = load_series(ETTH1, 96, 24, "MS", "HUFL")
     assert ms.columns[-1] == "HUFL" and ms.columns[:-1] == ["HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
-    x, y = ms.dataset("val")[5]
+    x, y, _ = ms.dataset("val")[5]
     assert x.shape == (96, 7) and y.shape == (24, 1)
     np.testing.assert_allclose(y[:, 0].numpy(), ms.scaled[8640 - 96 + 5 + 96:8640 + 5 + 24, -1], rtol=1e-6)
 
@@ -103,3 +104,27 @@ def test_future_timestamps_continue_the_frequency():
     assert list(fut) == list(pd.date_range("2021-03-01 12:30", periods=3, freq="15min"))
     ms = pd.date_range("2021-01-31", periods=5, freq="ME")
     assert future_timestamps(ms, 2)[0] == pd.Timestamp("2021-06-30")
+
+
+@needs_ett
+def test_windows_carry_the_calendar_position_of_their_first_row(etth1):
+    ts = pd.to_datetime(pd.read_csv(ETTH1)["date"])
+    _, _, t = etth1.dataset("test")[7]
+    row = 11520 - 96 + 7
+    assert int(t) % 24 == ts[row].hour                     # ETTh1 is hourly: residue mod 24 = hour of day
+    assert int(t) % 168 == ts[row].day_of_week * 24 + ts[row].hour   # counted from a Monday midnight
+    x, t_last = etth1.last_window()
+    assert x.shape == (1, 96, 7) and int(t_last[0]) == int(etth1.steps[len(ts) - 96])
+
+
+def test_step_index_and_auto_cycle_length():
+    h = pd.date_range("2021-03-01 05:00", periods=30, freq="h")
+    assert list(step_index(h) % 24) == [(5 + k) % 24 for k in range(30)]
+    q = pd.date_range("2021-03-01 23:30", periods=10, freq="15min")
+    assert list(step_index(q) % 96)[:4] == [94, 95, 0, 1]
+    d = pd.date_range("2021-03-01", periods=10, freq="D")      # a Monday
+    assert list(step_index(d) % 7)[:3] == [0, 1, 2]
+    m = pd.date_range("2021-01-31", periods=14, freq="ME")
+    assert np.all(np.diff(step_index(m)) == 1)
+    assert auto_cycle_len(h) == 24 and auto_cycle_len(q) == 96 and auto_cycle_len(d) == 7
+    assert auto_cycle_len(m) == 12 and auto_cycle_len(pd.date_range("2021", periods=10, freq="7h")) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apps.timeseries.models import MODELS, build_model
+from apps.timeseries.models import MODELS, ResidualCycle, build_model
 from apps.timeseries.models.chimera import Chimera
 from apps.timeseries.models.spacetime import SpaceTime
 
@@ -62,3 +62,30 @@ def test_training_lowers_the_loss(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_residual_cycle_wraps_every_model(name):
+    m = build_model(name, 24, 8, 3, 1, cycle_len=24, **SMALL[name])
+    assert isinstance(m, ResidualCycle)
+    assert getattr(m.backbone, "revin", None) is None          # RevIN moved into the wrapper
+    assert m(torch.randn(2, 24, 3), torch.tensor([0, 5])).shape == (2, 8, 1)
+
+
+def test_residual_cycle_removes_and_restores_the_aligned_cycle():
+    class Echo(torch.nn.Module):   # forecasts the residual's last value: sees exactly what RCF passes on
+        def forward(self, x):
+            return x[:, -1:].expand(-1, 5, -1)
+
+    torch.manual_seed(0)
+    m = ResidualCycle(Echo(), 12, 5, 2, 2, cycle_len=7, revin=False).double()
+    with torch.no_grad():
+        m.Q.copy_(torch.randn(7, 2, dtype=torch.float64))
+    k = torch.arange(40, dtype=torch.float64)
+    series = m.Q.detach()[(k.long() + 3) % 7] + 0.5                # a pure cycle + level, phase 3 at row 0
+    for start in (0, 4, 11):
+        x = series[start:start + 12][None]
+        y = m(x, torch.tensor([start + 3 + 700]))                     # only the residue mod 7 matters
+        torch.testing.assert_close(y[0], series[start + 12:start + 17])
+    y = m(series[:12][None], torch.tensor([4]))                      # wrong phase: not a perfect forecast
+    assert (y[0] - series[12:17]).abs().max() > 1e-3

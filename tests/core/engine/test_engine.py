@@ -158,3 +158,44 @@ def test_write_json(tmp_path):
 
     write_json(tmp_path / "m.json", {"a": np.float32(0.5), "b": np.arange(2)})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 0.5, "b": [0, 1]}
+
+
+class _PolyTiny(_Tiny):
+    def __init__(self):
+        super().__init__(width=3, lr=0.1)
+        self.lrs = []
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self.lrs.append(self.optimizers().param_groups[0]["lr"])
+
+    def configure_optimizers(self):
+        from core.engine import poly_lr_scheduler
+
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": opt, "lr_scheduler": poly_lr_scheduler(opt, self, steps_per_epoch=4)}
+
+
+def test_poly_schedule_decays_over_the_epoch_budget(tmp_path):
+    x = torch.randn(64, 3)
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=16)
+    model = _PolyTiny()
+    make_trainer(tmp_path / "run", max_epochs=3, progress=False, loggers=()).fit(model, dl)
+    expect = [0.1 * (1 - k / 12) ** 0.9 for k in range(12)]       # 3 epochs x 4 steps
+    assert model.lrs == pytest.approx(expect, rel=1e-6)
+
+
+def test_budget_fraction_follows_max_time(tmp_path):
+    from core.engine import budget_fraction
+
+    seen = []
+
+    class _Clock(_Tiny):
+        def on_train_batch_start(self, batch, batch_idx):
+            seen.append(budget_fraction(self.trainer))
+
+    x = torch.randn(32, 3)
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=16)
+    make_trainer(tmp_path / "run", max_time="00:00:00:30", max_epochs=2, progress=False, loggers=()).fit(
+        _Clock(width=3), dl)
+    # max_epochs is unknown in steps here (no steps_per_epoch), so only the clock counts: tiny, rising
+    assert len(seen) == 4 and 0.0 <= seen[0] <= seen[-1] < 0.5
