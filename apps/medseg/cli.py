@@ -34,6 +34,8 @@ def _config(args) -> dict:
     ps = cfg["data"]["patch_size"]
     if not (isinstance(ps, list) and len(ps) == 3 and all(isinstance(p, int) and p > 0 for p in ps)):
         raise UserError("config", f"data.patch_size must be three positive integers, got {ps!r}")
+    if cfg["train"].get("lr_schedule") not in ("poly", "constant"):
+        raise UserError("config", f"train.lr_schedule must be poly or constant, got {cfg['train'].get('lr_schedule')!r}")
     return cfg
 
 

@@ -109,6 +109,7 @@ def test_training_lowers_the_loss_on_colin27(brain_data):
     y = torch.stack([i["label"] for i in items])
     module = SegModule(cfg, 1, 2, ["background", "brain"])
     opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt   # poly schedule: the optimiser alone here
     losses = []
     for _ in range(10):
         opt.zero_grad()
@@ -200,6 +201,8 @@ def test_evaluate_cli_and_bad_checkpoint(tiny_run, brain_data, tmp_path):
     assert r.returncode == 2 and "junk.ckpt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli("train", "--datalist", tmp_path / "nope.json", "--out", tmp_path / "run")
     assert r.returncode == 2 and "nope.json" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("train", "--datalist", tmp_path / "dl.json", "--out", tmp_path / "run", "--set", "train.lr_schedule=cosine")
+    assert r.returncode == 2 and "lr_schedule" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # nothing half-made for a bad input
 
 
