@@ -1,7 +1,7 @@
 """``ssm-ecg``: train, evaluate, predict and demo for 12-lead ECG multi-label classification.
 
     ssm-ecg train    --data DIR --out RUN_DIR [--leads 12] [--max-epochs N] [--max-time DD:HH:MM:SS]
-                     [--seed S] [--config FILE] [--set key=value ...]
+                     [--data-loading auto|memory|lazy] [--seed S] [--config FILE] [--set key=value ...]
     ssm-ecg evaluate --checkpoint CKPT --data DIR [--out metrics.json]
     ssm-ecg predict  --checkpoint CKPT -i IN [IN ...] -o OUT_DIR [--overwrite]
     ssm-ecg demo     --out DIR [--seed S]
@@ -33,6 +33,9 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--fs", type=float, default=None, help="resample every record to this rate (default 500)")
     t.add_argument("--window-s", type=float, default=None, help="training window in seconds (default 10)")
+    t.add_argument("--data-loading", default=None, choices=["auto", "memory", "lazy"],
+                   help="read all records into memory, or scan headers and read records on demand "
+                        "(default auto: lazy above 5,000 records)")
     add_trainer_args(t)
 
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on labelled records")
@@ -78,7 +81,8 @@ def cmd_train(args) -> int:
     from .train import DEFAULTS, train
 
     flags = {"leads": args.leads, "labels": args.labels, "loss": args.loss, "batch_size": args.batch_size,
-             "lr": args.lr, "fs": args.fs, "window_s": args.window_s, "num_workers": args.num_workers}
+             "lr": args.lr, "fs": args.fs, "window_s": args.window_s, "num_workers": args.num_workers,
+             "data_loading": args.data_loading}
     if args.preset:
         flags["model"] = {"preset": args.preset}
     cfg = merge_config(DEFAULTS, load_config(args.config), flags)

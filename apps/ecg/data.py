@@ -1,4 +1,5 @@
-"""WFDB records -> checked, resampled, filtered, normalised arrays, and the training datasets.
+"""WFDB records -> checked, resampled, filtered, normalised arrays, and in-memory training data
+(``load_records``, ``WindowDataset``; the lazy, read-on-demand path is in :mod:`apps.ecg.dataset`).
 
 Reads the PhysioNet/CinC Challenge layout (``REC.hea`` + MATLAB v4 ``REC.mat`` holding
 ``val``, leads x samples) and ordinary WFDB signal files (``.dat`` etc., through ``wfdb``).
@@ -75,6 +76,9 @@ class Header:
     age: Optional[float] = None
     sex: Optional[str] = None
     dx: List[str] = field(default_factory=list)
+    fmts: List[str] = field(default_factory=list)            # WFDB storage format per signal ("16", "212")
+    byte_offsets: List[int] = field(default_factory=list)
+    samps_per_frame: List[int] = field(default_factory=list)
 
     @property
     def record_id(self) -> str:
@@ -167,7 +171,9 @@ def read_header(record: str | Path) -> Header:
     gains = [float(g) if g else 200.0 for g in h.adc_gain]  # WFDB: gain 0 means uncalibrated, 200 adu/mV
     return Header(path=rec, fs=fs, n_samples=n, leads=list(h.sig_name), files=list(h.file_name),
                   gains=gains, baselines=[int(b) for b in h.baseline], age=age,
-                  sex=com.get("sex") or None, dx=dx)
+                  sex=com.get("sex") or None, dx=dx, fmts=[str(f) for f in (h.fmt or [])],
+                  byte_offsets=[int(b or 0) for b in (h.byte_offset or [])],
+                  samps_per_frame=[int(n or 1) for n in (h.samps_per_frame or [])])
 
 
 def _read_digital(h: Header) -> np.ndarray:
@@ -212,6 +218,22 @@ def _read_digital(h: Header) -> np.ndarray:
     return d.T.astype(np.float64)
 
 
+def lead_indices(h: Header, leads: Sequence[str]) -> List[int]:
+    """Rows of the stored signal holding ``leads``, matched by name; ``UserError`` for an unknown
+    lead name or a lead the model needs that the record lacks."""
+    canon = []
+    for name in h.leads:
+        c = canonical_lead(name)
+        if c is None:
+            raise UserError(h.path.with_suffix(".hea"),
+                            f"unknown lead name {name!r} (expected {', '.join(LEADS_12)})")
+        canon.append(c)
+    missing = [lead for lead in leads if lead not in canon]
+    if missing:
+        raise UserError(h.path, f"lacks lead(s) {', '.join(missing)} needed by the model")
+    return [canon.index(lead) for lead in leads]
+
+
 def read_record(record: str | Path, leads: Sequence[str] = LEADS_12) -> Record:
     """Load one record in mV with ``leads`` selected by name (any header order).
 
@@ -220,18 +242,8 @@ def read_record(record: str | Path, leads: Sequence[str] = LEADS_12) -> Record:
     unsupported sampling rate.
     """
     h = read_header(record)
-    canon = []
-    for name in h.leads:
-        c = canonical_lead(name)
-        if c is None:
-            raise UserError(h.path.with_suffix(".hea"),
-                            f"unknown lead name {name!r} (expected {', '.join(LEADS_12)})")
-        canon.append(c)
-    missing = [l for l in leads if l not in canon]
-    if missing:
-        raise UserError(h.path, f"lacks lead(s) {', '.join(missing)} needed by the model")
+    pick = lead_indices(h, leads)
     d = _read_digital(h)
-    pick = [canon.index(l) for l in leads]
     gains = np.asarray(h.gains, dtype=np.float64)[pick, None]
     base = np.asarray(h.baselines, dtype=np.float64)[pick, None]
     x = (d[pick] - base) / gains
@@ -345,7 +357,9 @@ def load_records(paths: Sequence[Path], leads: Sequence[str], fs: float, space: 
 class WindowDataset(torch.utils.data.Dataset):
     """Fixed-length windows for training: random crops (``train``) or centre crops, zero-padded.
 
-    Items: ``(x (n_leads, length) float32, y (C,) float32)``.
+    Items: ``(x (n_leads, length) float32, y (C,) float32)``. Random draws come from one stream
+    seeded with ``seed`` in the main process; each DataLoader worker gets its own stream, seeded
+    from torch's worker seed (so workers differ, and a seeded loader ``generator`` reproduces them).
     """
 
     def __init__(self, signals: Sequence[np.ndarray], labels: np.ndarray, length: int, train: bool = True,
@@ -353,23 +367,26 @@ class WindowDataset(torch.utils.data.Dataset):
         self.signals, self.labels, self.length, self.train = list(signals), labels, int(length), train
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        self._worker_seed: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.signals)
 
+    def _signal(self, i: int) -> np.ndarray:
+        return self.signals[i]
+
+    def _generator(self) -> np.random.Generator:
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.seed != self._worker_seed:
+            # every worker holds a copy of this dataset, RNG state included: re-seed it per worker
+            self._worker_seed, self._rng = info.seed, np.random.default_rng(info.seed)
+        return self._rng
+
     def __getitem__(self, i: int):
-        x = crop_or_pad(self.signals[i], self.length, self._rng if self.train else None)
-        if self.train:
+        sig = self._signal(i)
+        rng = self._generator() if self.train else None
+        x = crop_or_pad(sig, self.length, rng)
+        if rng is not None:
             # amplitude scaling: lead gains differ between devices
-            x = x * np.float32(self._rng.uniform(0.8, 1.2))
+            x = x * np.float32(rng.uniform(0.8, 1.2))
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(self.labels[i])
-
-
-def split_by_record(n: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Shuffle record indices and hold out ``val_fraction`` (at least one record each side)."""
-    if n < 2:
-        raise UserError("--data", f"need at least 2 usable records to train with a validation split, got {n}")
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    n_val = min(max(1, int(round(n * val_fraction))), n - 1)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,10 +17,11 @@ TIMELINE_MIN_S = 60.0  # records longer than this also get a per-window timeline
 
 
 @torch.no_grad()
-def predict_signals(module, signals: Sequence[np.ndarray], batch_size: int = 32, hop: Optional[int] = None
+def predict_signals(module, signals: Iterable[np.ndarray], batch_size: int = 32, hop: Optional[int] = None
                     ) -> Tuple[np.ndarray, List[Tuple[np.ndarray, np.ndarray]]]:
     """Preprocessed records ``[(n_leads, L_i)]`` -> record probabilities ``(N, C)`` and, per record,
-    ``(window starts (W,), window probabilities (W, C))``.
+    ``(window starts (W,), window probabilities (W, C))``. ``signals`` may be a generator: each
+    record is consumed once and not kept, so records can stream from disk.
 
     Each record is covered by windows of the model's length; a record's probability for a
     class is the maximum over its windows (a finding anywhere in the recording counts).
@@ -29,7 +30,7 @@ def predict_signals(module, signals: Sequence[np.ndarray], batch_size: int = 32,
     device = next(module.parameters()).device
     win = module.window
     queue: List[Tuple[int, np.ndarray]] = []
-    outs: List[List[np.ndarray]] = [[] for _ in signals]
+    outs: List[List[np.ndarray]] = []
 
     def flush():
         if not queue:
@@ -42,6 +43,7 @@ def predict_signals(module, signals: Sequence[np.ndarray], batch_size: int = 32,
 
     starts_all = []
     for i, sig in enumerate(signals):
+        outs.append([])
         w, starts = windows(sig, win, hop)
         starts_all.append(starts)
         for wi in w:

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 
 from core.engine import UserError, make_trainer, seed_everything, write_json
 
-from .data import LoadedSet, WindowDataset, find_records, load_records, parse_leads, split_by_record
+from .data import find_records, load_records, parse_leads
+from .dataset import (TrainData, record_signals, resolve_data_loading, scan_records, split_by_record,
+                      window_dataset)
 from .labels import LabelSpace
 from .metrics import evaluate, tune_thresholds
 from .model import build_model, count_parameters, model_config
@@ -35,6 +37,8 @@ DEFAULTS: Dict = {
     "val_fraction": 0.2,
     "max_epochs": 20,
     "num_workers": 0,
+    "data_loading": "auto",                # "memory" (all records read up front), "lazy" (headers up front,
+                                           # signals on demand) or "auto" (lazy above dataset.AUTO_LAZY_ABOVE)
 }
 
 
@@ -143,14 +147,15 @@ def resolve_config(cfg: Dict) -> Dict:
         raise UserError("config loss", f"must be 'bce' or 'asl', got {cfg['loss']!r}")
     if not 0 < float(cfg["val_fraction"]) < 1:
         raise UserError("config val_fraction", "must be between 0 and 1")
+    resolve_data_loading(cfg["data_loading"], 0)  # validates the name
     return cfg
 
 
-def _loaders(data: LoadedSet, tr: np.ndarray, va: np.ndarray, window: int, batch_size: int, seed: int,
+def _loaders(data: TrainData, tr: np.ndarray, va: np.ndarray, window: int, batch_size: int, seed: int,
              num_workers: int):
     g = torch.Generator().manual_seed(seed)
-    ds_tr = WindowDataset([data.signals[i] for i in tr], data.labels[tr], window, train=True, seed=seed)
-    ds_va = WindowDataset([data.signals[i] for i in va], data.labels[va], window, train=False)
+    ds_tr = window_dataset(data, tr, window, train=True, seed=seed)
+    ds_va = window_dataset(data, va, window, train=False)
     dl_tr = torch.utils.data.DataLoader(ds_tr, batch_size=batch_size, shuffle=True, generator=g,
                                         num_workers=num_workers, drop_last=len(ds_tr) > batch_size)
     dl_va = torch.utils.data.DataLoader(ds_va, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -160,7 +165,10 @@ def _loaders(data: LoadedSet, tr: np.ndarray, va: np.ndarray, window: int, batch
 def train(data_inputs: Sequence[str | Path], out_dir: str | Path, cfg: Dict, seed: int = 0,
           trainer_kwargs: Optional[Dict] = None, progress: bool = True, log=print) -> Dict:
     """Train on WFDB records; writes ``out_dir/checkpoints/{best,last}.ckpt``, ``metrics.json``,
-    ``config.json``, ``skipped.txt`` (bad records) and logs. Returns the metrics dict."""
+    ``config.json``, ``skipped.txt`` (bad records) and logs. Returns the metrics dict.
+
+    ``cfg["data_loading"]`` picks how records are read: all up front (``memory``), or headers up
+    front and signals on demand (``lazy``, bounded memory); ``auto`` chooses by record count."""
     from .infer import predict_signals
 
     cfg = resolve_config(cfg)
@@ -171,7 +179,13 @@ def train(data_inputs: Sequence[str | Path], out_dir: str | Path, cfg: Dict, see
     paths = find_records(data_inputs)
     t0 = time.time()
     space = LabelSpace.scored() if cfg["labels"] == "scored" else None
-    data, space = load_records(paths, leads, fs, space, tuple(cfg["band_hz"]), show_progress=progress)
+    loading = resolve_data_loading(cfg["data_loading"], len(paths))
+    band = tuple(cfg["band_hz"])
+    data: TrainData
+    if loading == "lazy":  # headers now, signals when a batch needs them
+        data, space = scan_records(paths, leads, fs, space, band, show_progress=progress)
+    else:
+        data, space = load_records(paths, leads, fs, space, band, show_progress=progress)
     if cfg["labels"] == "all" and int(cfg["min_count"]) > 1:
         space = LabelSpace.from_dx(data.dx, int(cfg["min_count"]))
         data.labels = np.stack([space.encode(d) for d in data.dx])
@@ -182,7 +196,8 @@ def train(data_inputs: Sequence[str | Path], out_dir: str | Path, cfg: Dict, see
             f.write("\n".join(data.failures) + "\n")
     if not data.ids:
         raise UserError(str(data_inputs[0]), "no usable record (see the lines above)")
-    log(f"{len(data.ids)} records read in {time.time() - t0:.1f} s ({len(data.failures)} skipped); "
+    log(f"{len(data.ids)} records {'scanned' if loading == 'lazy' else 'read'} in {time.time() - t0:.1f} s "
+        f"({len(data.failures)} skipped, data_loading={loading}); "
         f"{len(space)} classes, {int(data.labels.sum())} positive labels")
     tr, va = split_by_record(len(data.ids), float(cfg["val_fraction"]), seed)
     window = int(round(float(cfg["window_s"]) * fs))
@@ -206,12 +221,13 @@ def train(data_inputs: Sequence[str | Path], out_dir: str | Path, cfg: Dict, see
         ckpt = out / "checkpoints" / "last.ckpt"
     best = ECGModule.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=False).eval()
     # validation metrics on whole records with the stored thresholds
-    probs, _ = predict_signals(best, [data.signals[i] for i in va])
+    probs, _ = predict_signals(best, record_signals(data, va, int(cfg["num_workers"])))
     val = evaluate(space, data.labels[va], probs, best.thresholds.numpy())
     metrics = {
         "checkpoint": str(ckpt),
         "n_records": len(data.ids), "n_train": int(len(tr)), "n_val": int(len(va)),
-        "n_skipped": len(data.failures), "n_params": n_params, "epochs": int(trainer.current_epoch),
+        "n_skipped": len(data.failures), "data_loading": loading, "n_params": n_params,
+        "epochs": int(trainer.current_epoch),
         "train_seconds": round(train_s, 1),
         "train_loss_last": _metric(trainer, "train_loss_epoch"),
         "val_loss_last": _metric(trainer, "val_loss"),

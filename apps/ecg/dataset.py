@@ -1,0 +1,247 @@
+"""Training data that scales: a header scan (ids, labels, cheap signal-file checks) and datasets
+that read and preprocess each record on demand, plus the choice between those and the in-memory
+:func:`apps.ecg.data.load_records` (``data_loading`` = ``"auto" | "memory" | "lazy"``).
+
+The lazy path never holds more than the records a DataLoader is working on, so the full
+PhysioNet/CinC 2021 set (88k records, ~40 GB as float32 at 500 Hz) trains in bounded memory.
+"""
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from core.engine import UserError
+
+from .data import Header, LoadedSet, WindowDataset, lead_indices, preprocess, read_header, read_record
+from .labels import LabelSpace
+
+DATA_LOADING = ("auto", "memory", "lazy")
+AUTO_LAZY_ABOVE = 5000  # data_loading=auto reads more records than this lazily
+
+# bytes per sample of the WFDB storage formats (compressed ones are only checked for existence)
+_WFDB_BYTES = {"8": 1.0, "16": 2.0, "24": 3.0, "32": 4.0, "61": 2.0, "80": 1.0, "160": 2.0,
+               "212": 1.5, "310": 4 / 3, "311": 4 / 3}
+_MAT4_BYTES = {0: 8, 1: 4, 2: 4, 3: 2, 4: 2, 5: 1}  # MATLAB v4 type digit P -> bytes per element
+
+
+class RecordReadError(UserError):
+    """A record that passed the header scan but whose signal could not be read later.
+
+    DataLoader workers re-raise an exception as ``type(message with traceback)``; this class
+    recovers its own one-line message from that text, so the CLI still prints one line.
+    """
+
+    def __init__(self, where: object, problem: Optional[str] = None):
+        if problem is None:
+            found = re.findall(r"RecordReadError: (.*)", str(where))
+            if found:
+                where = found[-1]
+        super().__init__(where, problem)
+
+
+def resolve_data_loading(mode: str, n_records: int) -> str:
+    """``"auto"`` -> ``"memory"`` up to :data:`AUTO_LAZY_ABOVE` records, else ``"lazy"``;
+    ``"memory"``/``"lazy"`` as given. ``UserError`` for anything else."""
+    if mode not in DATA_LOADING:
+        raise UserError("config data_loading", f"must be one of {', '.join(DATA_LOADING)}, got {mode!r}")
+    if mode == "auto":
+        return "lazy" if n_records > AUTO_LAZY_ABOVE else "memory"
+    return mode
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:100]
+
+
+def _mat_shape(mat: Path) -> Tuple[Tuple[int, ...], Optional[int]]:
+    """Shape of ``val`` in a MATLAB file and, for v4 files, the byte size its header implies."""
+    with open(mat, "rb") as f:
+        head = f.read(20 + 64)
+    for order, machine in (("<", 0), (">", 1)):
+        if len(head) < 20:
+            break
+        mopt, rows, cols, imagf, namlen = struct.unpack(order + "5i", head[:20])
+        m, o, p, t = mopt // 1000, mopt // 100 % 10, mopt // 10 % 10, mopt % 10
+        if (0 <= mopt < 10000 and m == machine and o == 0 and t == 0 and p in _MAT4_BYTES
+                and imagf in (0, 1) and 0 < namlen <= 64 and rows >= 0 and cols >= 0):
+            if head[20:20 + namlen].split(b"\0")[0] != b"val":
+                break  # another variable first: let scipy list them
+            return (rows, cols), 20 + namlen + rows * cols * _MAT4_BYTES[p] * (1 + imagf)
+    import scipy.io
+
+    try:
+        found = [shape for name, shape, _ in scipy.io.whosmat(str(mat)) if name == "val"]
+    except Exception as e:  # scipy raises many types for a file that is not MATLAB
+        raise UserError(mat, f"unreadable MATLAB signal file ({_first_line(e)})") from None
+    if not found:
+        raise UserError(mat, "unreadable MATLAB signal file (no 'val' variable)")
+    return tuple(found[0]), None
+
+
+def check_signal_files(h: Header) -> None:
+    """Cheap checks of a record's signal files, without reading the samples: each file exists;
+    a ``.mat`` holds ``val`` of ``(leads, samples)`` as the header says and, for MATLAB v4, is
+    not truncated; a WFDB ``.dat`` is at least as long as the header implies. ``UserError`` else."""
+    hea = h.path.with_suffix(".hea")
+    files = sorted(set(h.files))
+    for f in files:
+        if not (h.path.parent / f).is_file():
+            raise UserError(hea, f"signal file {f} is missing")
+    if len(files) == 1 and files[0].lower().endswith(".mat"):
+        mat = h.path.parent / files[0]
+        shape, want = _mat_shape(mat)
+        if len(shape) != 2:
+            raise UserError(mat, f"'val' has {len(shape)} dimensions, expected leads x samples")
+        if shape[0] != len(h.leads):
+            raise UserError(h.path, f"header lists {len(h.leads)} leads but {mat.name} holds {shape[0]}")
+        if shape[1] != h.n_samples:
+            raise UserError(h.path, f"header gives {h.n_samples} samples but {mat.name} holds {shape[1]}")
+        have = mat.stat().st_size
+        if want is not None and have < want:
+            raise UserError(mat, f"truncated: {have} bytes, its MATLAB header implies {want}")
+        return
+    if not (len(h.fmts) == len(h.byte_offsets) == len(h.samps_per_frame) == len(h.files)):
+        return
+    for f in files:
+        sig = [k for k, g in enumerate(h.files) if g == f]
+        if any(h.fmts[k] not in _WFDB_BYTES for k in sig):
+            continue
+        per_frame = sum(h.samps_per_frame[k] * _WFDB_BYTES[h.fmts[k]] for k in sig)
+        want = h.byte_offsets[sig[0]] + int(h.n_samples * per_frame)
+        have = (h.path.parent / f).stat().st_size
+        if have < want:
+            raise UserError(h.path.parent / f, f"truncated: {have} bytes, the header implies {want}")
+
+
+def read_signal(path: Path, leads: Sequence[str], fs: float, band: Tuple[float, float]) -> np.ndarray:
+    """Read and preprocess one scanned record -> ``(n_leads, n_samples at fs)`` float32.
+    ``RecordReadError`` (one line naming the record) if that fails after the scan passed it."""
+    try:
+        return preprocess(read_record(path, leads), fs, band)
+    except UserError as e:
+        raise RecordReadError(f"{e} (found while training with data_loading=lazy, after the header scan "
+                              "had passed this record; remove it and start again)") from None
+
+
+@dataclass
+class RecordIndex:
+    """Scanned records whose signals are read on demand: paths, ids, Dx codes, multi-hot labels
+    ``(N, C)``, one line per skipped record, and how to read and preprocess a signal."""
+
+    paths: List[Path]
+    ids: List[str]
+    dx: List[List[str]]
+    labels: np.ndarray
+    failures: List[str]
+    leads: Tuple[str, ...]
+    fs: float
+    band: Tuple[float, float]
+
+    def signal(self, i: int) -> np.ndarray:
+        """Record ``i`` read and preprocessed: ``(n_leads, n_samples at fs)`` float32."""
+        return read_signal(self.paths[i], self.leads, self.fs, self.band)
+
+
+def scan_records(paths: Sequence[Path], leads: Sequence[str], fs: float, space: Optional[LabelSpace] = None,
+                 band: Tuple[float, float] = (0.5, 45.0), show_progress: bool = False
+                 ) -> Tuple[RecordIndex, LabelSpace]:
+    """Headers only: ids, labels and cheap signal-file checks (:func:`check_signal_files`).
+    Records failing the header, lead or file checks are skipped and listed in ``failures``.
+    With ``space=None`` the label space is every class present (as in ``load_records``)."""
+    keep, ids, dxs, fails = [], [], [], []
+    it: Iterable = paths
+    if show_progress:
+        from core.engine import progress
+
+        it = progress(paths, "scanning headers", total=len(paths))
+    for p in it:
+        try:
+            h = read_header(p)
+            lead_indices(h, leads)
+            check_signal_files(h)
+        except UserError as e:
+            fails.append(str(e))
+            continue
+        keep.append(h.path)
+        ids.append(h.record_id)
+        dxs.append(h.dx)
+    if space is None:
+        space = LabelSpace.from_dx(dxs)
+    y = np.stack([space.encode(d) for d in dxs]) if dxs else np.zeros((0, len(space)), np.float32)
+    return RecordIndex(keep, ids, dxs, y, fails, tuple(leads), float(fs), (float(band[0]), float(band[1]))), space
+
+
+class LazyWindowDataset(WindowDataset):
+    """:class:`WindowDataset` reading each record when asked: same items, same random draws.
+
+    ``index`` is the scan, ``idx`` the records of this split. Items:
+    ``(x (n_leads, length) float32, y (C,) float32)``.
+    """
+
+    def __init__(self, index: RecordIndex, idx: Sequence[int], length: int, train: bool = True, seed: int = 0):
+        idx = np.asarray(idx, dtype=np.int64)
+        super().__init__([], index.labels[idx], length, train, seed)
+        self.paths = [index.paths[i] for i in idx]
+        self.leads, self.fs, self.band = index.leads, index.fs, index.band
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _signal(self, i: int) -> np.ndarray:
+        return read_signal(self.paths[i], self.leads, self.fs, self.band)
+
+
+TrainData = Union[LoadedSet, RecordIndex]
+
+
+def window_dataset(data: TrainData, idx: Sequence[int], length: int, train: bool = True,
+                   seed: int = 0) -> WindowDataset:
+    """Windows of records ``idx``: in memory for a ``LoadedSet``, read on demand for a ``RecordIndex``.
+    Items: ``(x (n_leads, length) float32, y (C,) float32)``, the same for both."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if isinstance(data, RecordIndex):
+        return LazyWindowDataset(data, idx, length, train, seed)
+    return WindowDataset([data.signals[i] for i in idx], data.labels[idx], length, train, seed)
+
+
+class _WholeRecords(torch.utils.data.Dataset):
+    def __init__(self, index: RecordIndex, idx: Sequence[int]):
+        self.index, self.idx = index, list(idx)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.index.signal(self.idx[i])
+
+
+def _as_is(x):
+    return x
+
+
+def record_signals(data: TrainData, idx: Sequence[int], num_workers: int = 0) -> Iterator[np.ndarray]:
+    """Whole preprocessed records ``(n_leads, L_i)`` in the order of ``idx``. For a ``RecordIndex``
+    they are read as consumed (``num_workers`` processes read ahead), so memory stays bounded."""
+    if isinstance(data, LoadedSet):
+        for i in idx:
+            yield data.signals[i]
+        return
+    yield from torch.utils.data.DataLoader(_WholeRecords(data, idx), batch_size=None, shuffle=False,
+                                           num_workers=num_workers, collate_fn=_as_is)
+
+
+def split_by_record(n: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Shuffle record indices and hold out ``val_fraction`` (at least one record each side).
+    Returns sorted ``(train indices, validation indices)``, int arrays."""
+    if n < 2:
+        raise UserError("--data", f"need at least 2 usable records to train with a validation split, got {n}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_val = min(max(1, int(round(n * val_fraction))), n - 1)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
