@@ -26,7 +26,7 @@ MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
 }
 
 TRAIN_DEFAULTS: Dict[str, Any] = dict(
-    batch_size=32, lr=1e-3, weight_decay=0.0, loss="mae", lr_decay=0.5, patience=3,
+    batch_size=32, lr=1e-3, weight_decay=0.0, loss="mae", lr_decay=0.5, lr_hold=0, patience=3,
     max_epochs=10, cycle="auto", model={},
 )
 
@@ -37,7 +37,7 @@ class ForecastModule(L.LightningModule):
     def __init__(self, model_name: str, model_cfg: Dict[str, Any], seq_len: int, pred_len: int,
                  enc_in: int, c_out: int, lr: float = 1e-3, weight_decay: float = 0.0,
                  loss: str = "mse", lr_decay: float = 0.5, data_info: Optional[Dict[str, Any]] = None,
-                 cycle_len: int = 0):
+                 cycle_len: int = 0, lr_hold: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(model_name, seq_len, pred_len, enc_in, c_out, cycle_len=cycle_len, **model_cfg)
@@ -73,8 +73,9 @@ class ForecastModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        decay = self.hparams.lr_decay
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda ep: decay ** ep)  # TSLib "type1"
+        decay, hold = self.hparams.lr_decay, self.hparams.lr_hold
+        # TSLib "type1" (hold 0, decay 0.5); LTSF-Linear's "type3" is hold 3, decay 0.9
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda ep: decay ** max(0, ep - hold))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
@@ -125,7 +126,8 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
     seed_everything(seed)
     module = ForecastModule(model, cfg["model"], seq_len, pred_len, len(data.in_cols), len(data.out_cols),
                             lr=cfg["lr"], weight_decay=cfg["weight_decay"], loss=cfg["loss"],
-                            lr_decay=cfg["lr_decay"], data_info=data_info(data), cycle_len=cycle_len)
+                            lr_decay=cfg["lr_decay"], data_info=data_info(data), cycle_len=cycle_len,
+                            lr_hold=int(cfg["lr_hold"]))
     write_json(out_dir / "config.json", dict(cfg, data=str(data_path), seq_len=seq_len, pred_len=pred_len,
                                              features=features, target=data.target, seed=seed,
                                              cycle_len=cycle_len))
