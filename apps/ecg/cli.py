@@ -2,8 +2,8 @@
 
     ssm-ecg train    --data DIR --out RUN_DIR [--leads 12] [--max-epochs N] [--max-time DD:HH:MM:SS]
                      [--data-loading auto|memory|lazy] [--seed S] [--config FILE] [--set key=value ...]
-    ssm-ecg evaluate --checkpoint CKPT --data DIR [--out metrics.json]
-    ssm-ecg predict  --checkpoint CKPT -i IN [IN ...] -o OUT_DIR [--overwrite]
+    ssm-ecg evaluate --checkpoint CKPT --data DIR [--out metrics.json] [--num-workers N]
+    ssm-ecg predict  --checkpoint CKPT -i IN [IN ...] -o OUT_DIR [--overwrite] [--num-workers N]
     ssm-ecg demo     --out DIR [--seed S]
 """
 from __future__ import annotations
@@ -15,6 +15,17 @@ from typing import List, Optional
 
 from core.engine import (UserError, add_trainer_args, cli_main, load_config, merge_config, parse_set_pairs,
                          prepare_run_dir, trainer_kwargs_from_args, write_json)
+
+
+def _workers(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
+READ_AHEAD_HELP = ("processes that read and preprocess records ahead, in order (default 0: read in this "
+                   "process); records stream either way, so memory does not grow with their number")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -43,6 +54,7 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", nargs="+", required=True, help="folder(s) or record files with # Dx labels")
     e.add_argument("--out", default=None, help="metrics JSON (default RUN_DIR/eval_<data>.json)")
     e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--num-workers", type=_workers, default=0, help=READ_AHEAD_HELP)
     e.add_argument("--overwrite", action="store_true")
 
     r = sub.add_parser("predict", help="Challenge-format outputs for new records")
@@ -50,6 +62,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("-i", "--input", nargs="+", required=True, help="folder(s) or record files (.hea/.mat)")
     r.add_argument("-o", "--out", required=True, help="output folder: one REC.csv per record + summary.csv")
     r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--num-workers", type=_workers, default=0, help=READ_AHEAD_HELP)
     r.add_argument("--overwrite", action="store_true")
 
     d = sub.add_parser("demo", help="synthetic records -> tiny model -> evaluate -> predict (no downloads)")
@@ -100,15 +113,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-
-    from .data import find_records, load_records
-    from .infer import format_metrics_table, predict_signals
-    from .labels import LabelSpace
-    from .metrics import evaluate
+    from .data import find_records
+    from .infer import evaluate_records, format_metrics_table
 
     ckpt = _checkpoint(args.checkpoint)
     module = load_checkpoint(str(ckpt))
-    hp = module.hparams
     if args.out:
         out = Path(args.out)
     else:
@@ -116,22 +125,19 @@ def cmd_evaluate(args) -> int:
         out = run / f"eval_{Path(args.data[0]).resolve().name or 'data'}.json"
     if out.exists() and not args.overwrite:
         raise UserError(out, "already exists (pass --overwrite to replace it)")
-    space = LabelSpace(list(hp.classes))
-    data, _ = load_records(find_records(args.data), tuple(hp.leads), float(hp.fs), space, tuple(hp.band_hz),
-                           show_progress=True)
-    for line in data.failures:
+    m, ids, skipped = evaluate_records(module, find_records(args.data), batch_size=args.batch_size,
+                                       num_workers=args.num_workers)
+    for line in skipped:
         print(f"skipped: {line}", file=sys.stderr)
-    if not data.ids:
+    if m is None:
         raise UserError(args.data[0], "no usable record")
-    probs, _ = predict_signals(module, data.signals, batch_size=args.batch_size)
-    m = evaluate(space, data.labels, probs, module.thresholds.numpy())
     m["checkpoint"] = str(ckpt)
-    m["skipped"] = data.failures
-    m["records"] = data.ids
+    m["skipped"] = skipped
+    m["records"] = ids
     print(format_metrics_table(m))
     write_json(out, m, overwrite=args.overwrite)
     print(f"\nmetrics: {out}")
-    return 2 if data.failures else 0
+    return 2 if skipped else 0
 
 
 def cmd_predict(args) -> int:
@@ -140,7 +146,8 @@ def cmd_predict(args) -> int:
 
     module = load_checkpoint(args.checkpoint)
     records = find_records(args.input)
-    res = predict_records(module, records, Path(args.out), overwrite=args.overwrite, batch_size=args.batch_size)
+    res = predict_records(module, records, Path(args.out), overwrite=args.overwrite, batch_size=args.batch_size,
+                          num_workers=args.num_workers)
     n_ok = sum(1 for p in res.written if p.suffix == ".csv" and not p.stem.endswith("_timeline")
                and p.name != "summary.csv")
     print(f"{n_ok} of {len(records)} records classified; outputs in {args.out}/ (summary: {res.summary})"

@@ -1,6 +1,7 @@
-"""Training data that scales: a header scan (ids, labels, cheap signal-file checks) and datasets
-that read and preprocess each record on demand, plus the choice between those and the in-memory
-:func:`apps.ecg.data.load_records` (``data_loading`` = ``"auto" | "memory" | "lazy"``).
+"""Data that scales: a header scan (ids, labels, cheap signal-file checks) and datasets that read
+and preprocess each record on demand, plus the choice between those and the in-memory
+:func:`apps.ecg.data.load_records` (``data_loading`` = ``"auto" | "memory" | "lazy"``) for
+training, and :func:`stream_records` for ``evaluate`` and ``predict``.
 
 The lazy path never holds more than the records a DataLoader is working on, so the full
 PhysioNet/CinC 2021 set (88k records, ~40 GB as float32 at 500 Hz) trains in bounded memory.
@@ -9,9 +10,9 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -132,7 +133,8 @@ def read_signal(path: Path, leads: Sequence[str], fs: float, band: Tuple[float, 
 @dataclass
 class RecordIndex:
     """Scanned records whose signals are read on demand: paths, ids, Dx codes, multi-hot labels
-    ``(N, C)``, one line per skipped record, and how to read and preprocess a signal."""
+    ``(N, C)``, one line per skipped record, and how to read and preprocess a signal.
+    ``positions[k]`` is record k's place in the scanned paths (the skipped ones fill the gaps)."""
 
     paths: List[Path]
     ids: List[str]
@@ -142,6 +144,7 @@ class RecordIndex:
     leads: Tuple[str, ...]
     fs: float
     band: Tuple[float, float]
+    positions: List[int] = field(default_factory=list)
 
     def signal(self, i: int) -> np.ndarray:
         """Record ``i`` read and preprocessed: ``(n_leads, n_samples at fs)`` float32."""
@@ -149,32 +152,37 @@ class RecordIndex:
 
 
 def scan_records(paths: Sequence[Path], leads: Sequence[str], fs: float, space: Optional[LabelSpace] = None,
-                 band: Tuple[float, float] = (0.5, 45.0), show_progress: bool = False
-                 ) -> Tuple[RecordIndex, LabelSpace]:
+                 band: Tuple[float, float] = (0.5, 45.0), show_progress: bool = False,
+                 check_files: bool = True) -> Tuple[RecordIndex, LabelSpace]:
     """Headers only: ids, labels and cheap signal-file checks (:func:`check_signal_files`).
     Records failing the header, lead or file checks are skipped and listed in ``failures``.
-    With ``space=None`` the label space is every class present (as in ``load_records``)."""
-    keep, ids, dxs, fails = [], [], [], []
+    With ``space=None`` the label space is every class present (as in ``load_records``).
+    ``check_files=False`` leaves the signal files to the read (which then names their problems
+    exactly as :func:`apps.ecg.data.read_record` does)."""
+    keep, ids, dxs, fails, pos = [], [], [], [], []
     it: Iterable = paths
     if show_progress:
         from core.engine import progress
 
         it = progress(paths, "scanning headers", total=len(paths))
-    for p in it:
+    for k, p in enumerate(it):
         try:
             h = read_header(p)
             lead_indices(h, leads)
-            check_signal_files(h)
+            if check_files:
+                check_signal_files(h)
         except UserError as e:
             fails.append(str(e))
             continue
+        pos.append(k)
         keep.append(h.path)
         ids.append(h.record_id)
         dxs.append(h.dx)
     if space is None:
         space = LabelSpace.from_dx(dxs)
     y = np.stack([space.encode(d) for d in dxs]) if dxs else np.zeros((0, len(space)), np.float32)
-    return RecordIndex(keep, ids, dxs, y, fails, tuple(leads), float(fs), (float(band[0]), float(band[1]))), space
+    return RecordIndex(keep, ids, dxs, y, fails, tuple(leads), float(fs), (float(band[0]), float(band[1])),
+                       pos), space
 
 
 class LazyWindowDataset(WindowDataset):
@@ -234,6 +242,46 @@ def record_signals(data: TrainData, idx: Sequence[int], num_workers: int = 0) ->
         return
     yield from torch.utils.data.DataLoader(_WholeRecords(data, idx), batch_size=None, shuffle=False,
                                            num_workers=num_workers, collate_fn=_as_is)
+
+
+class RecordRead(NamedTuple):
+    """One streamed record: its id, the preprocessed ``signal (n_leads, L at fs)`` float32 and the
+    recording's duration in seconds; or ``error``, one line naming the record (``signal`` None)."""
+
+    record_id: str
+    signal: Optional[np.ndarray]
+    duration_s: float
+    error: Optional[str]
+
+
+class _ReadOrFail(torch.utils.data.Dataset):
+    # a failed read is returned, not raised: a DataLoader stops at the first exception, while
+    # evaluate and predict go on with the other records
+    def __init__(self, paths: Sequence[Path], leads: Sequence[str], fs: float, band: Tuple[float, float]):
+        self.paths, self.leads, self.fs, self.band = list(paths), tuple(leads), float(fs), tuple(band)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> RecordRead:
+        try:
+            rec = read_record(self.paths[i], self.leads)
+            x = preprocess(rec, self.fs, self.band)
+        except UserError as e:
+            return RecordRead(Path(self.paths[i]).name, None, 0.0, str(e))
+        return RecordRead(rec.record_id, x, rec.signal.shape[1] / rec.header.fs, None)
+
+
+def stream_records(paths: Sequence[Path], leads: Sequence[str], fs: float,
+                   band: Tuple[float, float] = (0.5, 45.0), num_workers: int = 0) -> Iterator[RecordRead]:
+    """Read and preprocess ``paths`` one at a time, yielding a :class:`RecordRead` per path in the
+    order given, its ``signal`` ``(n_leads, L_i at fs)``. A record that cannot be read yields its
+    one-line ``error`` (the text of :func:`apps.ecg.data.read_record`'s ``UserError``) and the
+    stream goes on. ``num_workers`` processes read ahead (at most two records each), so memory
+    holds a few records whatever the length of ``paths``."""
+    ds = _ReadOrFail(paths, leads, fs, band)
+    yield from torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=int(num_workers),
+                                           collate_fn=_as_is)
 
 
 def split_by_record(n: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:

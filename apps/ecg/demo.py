@@ -155,10 +155,10 @@ def run_demo(out: Path, seed: int = 0, overwrite: bool = False, n_train: int = 1
           f"{v['macro_auroc']:.3f}, Challenge score {v['challenge_score']:.3f}", flush=True)
     ev = out / "evaluation.json"
     cli.cmd_evaluate(Namespace(checkpoint=str(run), data=[str(new)], out=str(ev), batch_size=32,
-                               overwrite=overwrite))
+                               num_workers=0, overwrite=overwrite))
     pred = out / "predictions"
     rc = cli.cmd_predict(Namespace(checkpoint=str(run), input=[str(new)], out=str(pred), batch_size=32,
-                                   overwrite=overwrite))
+                                   num_workers=0, overwrite=overwrite))
     print(f"\ndemo done in {time.time() - t0:.0f} s\n"
           f"  records:     {data}/ (training), {new}/ (new, incl. a 2-min 257 Hz recording)\n"
           f"  checkpoint:  {m['checkpoint']}\n"

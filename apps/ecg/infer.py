@@ -10,27 +10,45 @@ import torch
 
 from core.engine import UserError, atomic_write, ensure_new
 
-from .data import preprocess, read_record, windows
+from .data import windows
+from .dataset import scan_records, stream_records
 from .labels import LabelSpace
 
 TIMELINE_MIN_S = 60.0  # records longer than this also get a per-window timeline
 
 
+def _room(buf: np.ndarray, n: int, fill: float) -> np.ndarray:
+    """``buf (R, C)`` with at least ``n`` rows, doubling; new rows hold ``fill``.
+
+    Per-record outputs go into one such block rather than a small array per record: those, kept
+    while streamed signals come and go, fragment the C heap (RSS grew by tens of KB per record).
+    """
+    if n <= len(buf):
+        return buf
+    extra = np.full((max(n, 2 * len(buf)) - len(buf), buf.shape[1]), fill, dtype=buf.dtype)
+    return np.concatenate([buf, extra])
+
+
 @torch.no_grad()
-def predict_signals(module, signals: Iterable[np.ndarray], batch_size: int = 32, hop: Optional[int] = None
-                    ) -> Tuple[np.ndarray, List[Tuple[np.ndarray, np.ndarray]]]:
+def predict_signals(module, signals: Iterable[np.ndarray], batch_size: int = 32, hop: Optional[int] = None,
+                    keep_windows: bool = True) -> Tuple[np.ndarray, List[Tuple[np.ndarray, np.ndarray]]]:
     """Preprocessed records ``[(n_leads, L_i)]`` -> record probabilities ``(N, C)`` and, per record,
     ``(window starts (W,), window probabilities (W, C))``. ``signals`` may be a generator: each
-    record is consumed once and not kept, so records can stream from disk.
+    record is consumed once and not kept, so records can stream from disk. With
+    ``keep_windows=False`` only a running maximum ``(C,)`` is kept per record and the per-record
+    list comes back empty (same probabilities: the maximum is exact in any order).
 
     Each record is covered by windows of the model's length; a record's probability for a
     class is the maximum over its windows (a finding anywhere in the recording counts).
+    Windows of consecutive records share batches of ``batch_size``.
     """
     module.eval()
     device = next(module.parameters()).device
     win = module.window
+    n_cls = len(module.thresholds)
     queue: List[Tuple[int, np.ndarray]] = []
     outs: List[List[np.ndarray]] = []
+    best = np.full((0 if keep_windows else 64, n_cls), -np.inf, dtype=np.float32)  # running max per record
 
     def flush():
         if not queue:
@@ -38,21 +56,32 @@ def predict_signals(module, signals: Iterable[np.ndarray], batch_size: int = 32,
         x = torch.from_numpy(np.stack([w for _, w in queue])).to(device)
         p = torch.sigmoid(module(x).float()).cpu().numpy()
         for (i, _), pi in zip(queue, p):
-            outs[i].append(pi)
+            if keep_windows:
+                outs[i].append(pi)
+            else:
+                np.maximum(best[i], pi, out=best[i])
         queue.clear()
 
     starts_all = []
+    n = 0
     for i, sig in enumerate(signals):
-        outs.append([])
+        n = i + 1
+        if keep_windows:
+            outs.append([])
+        else:
+            best = _room(best, n, -np.inf)
         w, starts = windows(sig, win, hop)
-        starts_all.append(starts)
+        if keep_windows:
+            starts_all.append(starts)
         for wi in w:
             queue.append((i, wi))
             if len(queue) >= batch_size:
                 flush()
     flush()
+    if not keep_windows:
+        return best[:n].copy(), []
     per = [(s, np.stack(o)) for s, o in zip(starts_all, outs)]
-    probs = np.stack([wp.max(0) for _, wp in per]) if per else np.zeros((0, len(module.thresholds)))
+    probs = np.stack([wp.max(0) for _, wp in per]) if per else np.zeros((0, n_cls))
     return probs, per
 
 
@@ -81,6 +110,8 @@ def read_challenge_csv(path: Path) -> Tuple[str, List[str], np.ndarray, np.ndarr
 
 @dataclass
 class PredictResult:
+    """Files written (per record, timelines, ``summary.csv``), one line per failed record, the summary."""
+
     written: List[Path]
     failures: List[str]
     summary: Optional[Path]
@@ -88,11 +119,14 @@ class PredictResult:
 
 def predict_records(module, records: Sequence[Path], out_dir: Path, overwrite: bool = False,
                     batch_size: int = 32, timeline_min_s: float = TIMELINE_MIN_S, log=print,
-                    show_progress: bool = True) -> PredictResult:
+                    show_progress: bool = True, num_workers: int = 0) -> PredictResult:
     """Classify WFDB records; write ``OUT/REC.csv`` per record, ``OUT/summary.csv`` and, for long
     records, ``OUT/REC_timeline.csv``. Bad records are listed in ``failures`` (and
     ``OUT/failures.txt``), the others still get their files. Nothing is overwritten unless
-    ``overwrite``; every file appears whole or not at all."""
+    ``overwrite``; every file appears whole or not at all.
+
+    Records stream (:func:`apps.ecg.dataset.stream_records`, ``num_workers`` processes reading
+    ahead): memory holds a few signals plus one summary row ``(C,)`` per record."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(out, "exists and is not a directory")
@@ -108,25 +142,24 @@ def predict_records(module, records: Sequence[Path], out_dir: Path, overwrite: b
     th = module.thresholds.detach().cpu().numpy()
     codes, abbrs = space.codes, space.abbreviations
     written, failures, rows = [], [], []
-    it = records
+    row_probs = np.zeros((64, len(codes)), dtype=np.float32)  # summary probabilities, one row per record
+    it: Iterable = stream_records(records, leads, float(hp.fs), tuple(hp.band_hz), num_workers)
     if show_progress:
         from core.engine import progress
 
-        it = progress(records, "predicting", total=len(records))
-    for rec_path in it:
-        try:
-            rec = read_record(rec_path, leads)
-            x = preprocess(rec, float(hp.fs), tuple(hp.band_hz))
-        except UserError as e:
-            failures.append(str(e))
+        it = progress(it, "predicting", total=len(records))
+    for r in it:
+        if r.error is not None:
+            failures.append(r.error)
             continue
-        probs, per = predict_signals(module, [x], batch_size=batch_size)
+        # one record per call, as before streaming: its windows batch alone, so outputs are unchanged
+        probs, per = predict_signals(module, [r.signal], batch_size=batch_size)
         p = probs[0]
         b = (p >= th).astype(int)
-        rid = rec.record_id
+        rid = r.record_id
         write_challenge_csv(out / f"{rid}.csv", rid, codes, b, p, overwrite=overwrite)
         written.append(out / f"{rid}.csv")
-        duration = rec.signal.shape[1] / rec.header.fs
+        duration = r.duration_s
         if duration > timeline_min_s:
             starts, wp = per[0]
             tl = out / f"{rid}_timeline.csv"
@@ -138,19 +171,62 @@ def predict_records(module, records: Sequence[Path], out_dir: Path, overwrite: b
                     lab = ";".join(a for a, v, t in zip(abbrs, pw, th) if v >= t)
                     f.write(f"{t0:.2f},{t1:.2f},{lab}," + ",".join(f"{v:.4f}" for v in pw) + "\n")
             written.append(tl)
-        rows.append((rid, duration, [a for a, bi in zip(abbrs, b) if bi], p))
+        row_probs = _room(row_probs, len(rows) + 1, 0.0)
+        row_probs[len(rows)] = p
+        rows.append((rid, duration, ";".join(a for a, bi in zip(abbrs, b) if bi)))
     summary = None
     if rows:
         summary = out / "summary.csv"
         with atomic_write(summary, overwrite=overwrite) as f:
             f.write("record_id,duration_s,labels," + ",".join(abbrs) + "\n")
-            for rid, dur, labs, p in rows:
-                f.write(f"{rid},{dur:.1f},{';'.join(labs)}," + ",".join(f"{v:.4f}" for v in p) + "\n")
+            for (rid, dur, labs), p in zip(rows, row_probs):
+                f.write(f"{rid},{dur:.1f},{labs}," + ",".join(f"{v:.4f}" for v in p) + "\n")
         written.append(summary)
     if failures:
         with atomic_write(out / "failures.txt", overwrite=True) as f:
             f.write("\n".join(failures) + "\n")
     return PredictResult(written, failures, summary)
+
+
+def evaluate_records(module, records: Sequence[Path], batch_size: int = 32, num_workers: int = 0,
+                     show_progress: bool = True) -> Tuple[Optional[Dict], List[str], List[str]]:
+    """Metrics of ``module`` on labelled records, streamed: labels ``(N, C)`` from a header scan,
+    each signal read, preprocessed and classified as it comes (``num_workers`` processes read
+    ahead), so memory holds a few signals plus ``(C,)`` probabilities and labels per record.
+
+    Returns the metrics dict of :func:`apps.ecg.metrics.evaluate` (``None`` when no record could
+    be used), the ids of the records evaluated, and one line per bad record, in input order.
+    """
+    from .metrics import evaluate
+
+    hp = module.hparams
+    space = LabelSpace(list(hp.classes))
+    # signal files are left to the read, so a bad one is named as read_record names it
+    index, _ = scan_records(records, tuple(hp.leads), float(hp.fs), space, tuple(hp.band_hz),
+                            show_progress=show_progress, check_files=False)
+    scanned = set(index.positions)
+    failed = [(k, line) for k, line in zip((k for k in range(len(records)) if k not in scanned), index.failures)]
+    ok: List[int] = []
+
+    def signals():
+        it: Iterable = stream_records(index.paths, index.leads, index.fs, index.band, num_workers)
+        if show_progress:
+            from core.engine import progress
+
+            it = progress(it, "evaluating", total=len(index.paths))
+        for k, r in enumerate(it):
+            if r.error is None:
+                ok.append(k)
+                yield r.signal
+            else:
+                failed.append((index.positions[k], r.error))
+
+    probs, _ = predict_signals(module, signals(), batch_size=batch_size, keep_windows=False)
+    skipped = [line for _, line in sorted(failed, key=lambda t: t[0])]
+    ids = [index.ids[k] for k in ok]
+    if not ok:
+        return None, ids, skipped
+    return evaluate(space, index.labels[ok], probs, module.thresholds.numpy()), ids, skipped
 
 
 def format_metrics_table(m: Dict, show_empty: bool = False) -> str:

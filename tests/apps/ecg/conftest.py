@@ -1,4 +1,5 @@
-"""Shared fixtures: the 50 real Challenge records and helpers that write broken copies to tmp_path."""
+"""Shared fixtures: the 50 real Challenge records, a tiny model trained on them, and helpers that
+write broken copies to tmp_path."""
 from __future__ import annotations
 
 import shutil
@@ -16,6 +17,21 @@ def sample_dir() -> Path:
     if not (SAMPLE / "E07500.hea").is_file():
         pytest.skip(f"real ECG sample data not found at {SAMPLE}")
     return SAMPLE.resolve()
+
+
+TRAIN_ARGS = ["--preset", "tiny", "--fs", "250", "--window-s", "4", "--batch-size", "8", "--max-epochs", "2",
+              "--seed", "0", "--accelerator", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def trained(sample_dir, tmp_path_factory) -> Path:
+    """Run directory of a tiny model trained for 2 epochs on the sample records (shared: ~10 s)."""
+    from apps.ecg.cli import main
+
+    out = tmp_path_factory.mktemp("ecg") / "run"
+    rc = main(["train", "--data", str(sample_dir), "--out", str(out)] + TRAIN_ARGS)
+    assert rc == 0
+    return out
 
 
 def copy_record(src_dir: Path, rec: str, dst_dir: Path, name: str | None = None, edit=None, val=None) -> Path:

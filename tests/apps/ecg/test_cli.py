@@ -4,17 +4,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from apps.ecg.cli import load_checkpoint, main
 from apps.ecg.demo import synth_ecg, write_challenge_record
 from apps.ecg.infer import read_challenge_csv
 from apps.ecg.labels import LabelSpace
 
-from .conftest import copy_record, load_val
-
-TRAIN_ARGS = ["--preset", "tiny", "--fs", "250", "--window-s", "4", "--batch-size", "8", "--max-epochs", "2",
-              "--seed", "0", "--accelerator", "cpu"]
+from .conftest import TRAIN_ARGS, copy_record, load_val
 
 
 def run(argv, capsys):
@@ -24,14 +20,6 @@ def run(argv, capsys):
         rc = e.code
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
-
-
-@pytest.fixture(scope="module")
-def trained(sample_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ecg") / "run"
-    rc = main(["train", "--data", str(sample_dir), "--out", str(out)] + TRAIN_ARGS)
-    assert rc == 0
-    return out
 
 
 def test_train_writes_checkpoint_metrics_and_logs(trained):
