@@ -234,24 +234,34 @@ def bench_pretrain_gain(args) -> None:
     pre = work / "pre"
     py = [sys.executable, "-m", "apps.medseg.cli"]
     logs = {}
-    t = _run(["nice", "-n", "10"] + py + ["pretrain", "--images", unl, "--out", pre, "--config", cfg_path,
-                                          "--max-time", f"00:00:{args.pretrain_minutes:02d}:00", "--seed", "0",
-                                          "--overwrite", "--save-recon", "1"], open(work / "pre.log", "w"))
-    logs["pretrain_wall_s"] = round(t, 1)
+    if args.reuse_pretrain and (pre / "checkpoints" / "last.ckpt").is_file():
+        logs["pretrain_reused"] = str(pre / "checkpoints" / "last.ckpt")
+    else:
+        t = _run(["nice", "-n", "10"] + py + ["pretrain", "--images", unl, "--out", pre, "--config", cfg_path,
+                                              "--max-time", f"00:00:{args.pretrain_minutes:02d}:00", "--seed", "0",
+                                              "--overwrite", "--save-recon", "1"], open(work / "pre.log", "w"))
+        logs["pretrain_wall_s"] = round(t, 1)
     epochs = max(1, args.finetune_steps // cfg["train"]["steps_per_epoch"])
-    results = {}
-    for arm, extra in (("scratch", []), ("mambamim", ["--init-from", pre / "checkpoints" / "last.ckpt"])):
-        out = work / arm
+    prev = work / "gain_summary.json"
+    results = json.loads(prev.read_text())["results"] if args.reuse_pretrain and prev.is_file() else {}
+    results = {k: v for k, v in results.items() if not k.endswith("_mean")}
+    arms = (("scratch", []), ("mambamim", ["--init-from", pre / "checkpoints" / "last.ckpt"]))
+    for seed, (arm, extra) in ((s, a) for s in args.seeds for a in arms):
+        name = arm if seed == 0 else f"{arm}_seed{seed}"
+        out = work / name
         t = _run(["nice", "-n", "10"] + py + ["train", "--datalist", train_json, "--out", out, "--config", cfg_path,
-                                              "--max-epochs", str(epochs), "--seed", "0", "--overwrite"] + extra,
-                 open(work / f"{arm}.log", "w"))
+                                              "--max-epochs", str(epochs), "--seed", str(seed), "--overwrite"] + extra,
+                 open(work / f"{name}.log", "w"))
         _run(["nice", "-n", "10"] + py + ["evaluate", "--checkpoint", out / "checkpoints" / "best.ckpt",
                                           "--datalist", test_json, "--out", out / "eval", "--overwrite"],
-             open(work / f"{arm}_eval.log", "w"))
+             open(work / f"{name}_eval.log", "w"))
         ev = json.loads((out / "eval" / "evaluation.json").read_text())
         m = json.loads((out / "metrics.json").read_text())
-        results[arm] = {"test_mean_dice": ev["mean_dice"], "best_val_dice": m["best_val_dice"], "steps": m["steps"],
+        results[name] = {"test_mean_dice": ev["mean_dice"], "best_val_dice": m["best_val_dice"], "steps": m["steps"],
                         "train_wall_s": round(t, 1), "per_case": {c["case"]: c["dice"][0] for c in ev["cases"]}}
+    for arm, _ in arms:  # mean over the seeds run so far
+        runs = [r for k, r in results.items() if k == arm or k.startswith(arm + "_seed")]
+        results[f"{arm}_mean"] = {"seeds": len(runs), "test_mean_dice": sum(r["test_mean_dice"] for r in runs) / len(runs)}
     summary = {**logs, "pretrain_minutes": args.pretrain_minutes, "finetune_steps": epochs * cfg["train"]["steps_per_epoch"],
                "unlabelled_volumes": 2 + args.unlabelled, "results": results}
     (work / "gain_summary.json").write_text(json.dumps(summary, indent=1))
@@ -280,6 +290,9 @@ def main() -> None:
     s.add_argument("--pretrain-minutes", type=int, default=8)
     s.add_argument("--finetune-steps", type=int, default=300, help="per arm (whole epochs of 25 steps)")
     s.add_argument("--unlabelled", type=int, default=6, help="random unlabelled proxies added to the pool")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds (both arms each)")
+    s.add_argument("--reuse-pretrain", action="store_true",
+                   help="keep WORK/pre's checkpoint and earlier arms' results; run only the given seeds")
     s.set_defaults(fn=bench_pretrain_gain)
     args = p.parse_args()
     args.fn(args)

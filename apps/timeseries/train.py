@@ -21,7 +21,7 @@ MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
                     head_dropout=0.1, bidirectional=True, linear_skip=True, revin=True,
                     zero_init_head=False),
     "spacetime": dict(d_model=32, d_state=16, n_layers=2, embed_lags=8, dropout=0.1,
-                      channel_mixing=False, linear_skip=True, revin=True),
+                      channel_mixing=False, linear_skip=True, revin=True, zero_init_head=False),
     "dlinear": dict(kernel_size=25, revin=False),
 }
 

@@ -40,7 +40,8 @@ class SpaceTime(nn.Module):
 
     def __init__(self, seq_len: int, pred_len: int, enc_in: int, c_out: int, d_model: int = 32,
                  d_state: int = 16, n_layers: int = 2, embed_lags: int = 8, dropout: float = 0.1,
-                 channel_mixing: bool = False, linear_skip: bool = True, revin: bool = True):
+                 channel_mixing: bool = False, linear_skip: bool = True, revin: bool = True,
+                 zero_init_head: bool = False):
         super().__init__()
         self.seq_len, self.pred_len, self.c_out = seq_len, pred_len, c_out
         self.channel_mixing = channel_mixing
@@ -52,6 +53,9 @@ class SpaceTime(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.decoder = ClosedLoopCompanionSSM(d_model, d_state)
         self.head = nn.Linear(d_model, c_out if channel_mixing else 1)
+        if zero_init_head:  # start as the linear skip path alone; the SSM learns a correction
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.drop = nn.Dropout(dropout)
         self.skip = nn.Linear(seq_len, pred_len) if linear_skip else None
         if self.skip is not None:

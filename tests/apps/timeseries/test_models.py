@@ -89,3 +89,23 @@ def test_residual_cycle_removes_and_restores_the_aligned_cycle():
         torch.testing.assert_close(y[0], series[start + 12:start + 17])
     y = m(series[:12][None], torch.tensor([4]))                      # wrong phase: not a perfect forecast
     assert (y[0] - series[12:17]).abs().max() > 1e-3
+
+
+def test_spacetime_zero_init_head_starts_as_its_linear_skip_path():
+    torch.manual_seed(0)
+    m = SpaceTime(24, 6, 3, 3, d_model=8, d_state=4, zero_init_head=True, revin=False).eval()
+    x = torch.randn(2, 24, 3)
+    torch.testing.assert_close(m(x), m.skip(x.transpose(1, 2)).transpose(1, 2))
+    assert not torch.allclose(SpaceTime(24, 6, 3, 3, d_model=8, d_state=4, revin=False).eval()(x), m(x))
+
+
+def test_lr_hold_keeps_the_rate_then_decays():
+    from apps.timeseries.train import ForecastModule
+
+    m = ForecastModule("dlinear", {}, 24, 6, 2, 2, lr=0.01, lr_decay=0.9, lr_hold=2)
+    sched = m.configure_optimizers()["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(5):
+        lrs.append(sched.get_last_lr()[0])
+        sched.step()
+    assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.009, 0.0081])
