@@ -176,14 +176,19 @@ def read_header(record: str | Path) -> Header:
                   samps_per_frame=[int(n or 1) for n in (h.samps_per_frame or [])])
 
 
-def _read_digital(h: Header) -> np.ndarray:
-    """Raw samples ``(n_sig, n_samples)`` as stored, with the checks the header allows."""
-    hea = h.path.with_suffix(".hea")
-    n_sig = len(h.leads)
+def signal_files(h: Header) -> List[str]:
+    """The record's distinct signal file names, sorted; ``UserError`` (naming the header) if one is missing."""
     files = sorted(set(h.files))
     for f in files:
         if not (h.path.parent / f).is_file():
-            raise UserError(hea, f"signal file {f} is missing")
+            raise UserError(h.path.with_suffix(".hea"), f"signal file {f} is missing")
+    return files
+
+
+def _read_digital(h: Header) -> np.ndarray:
+    """Raw samples ``(n_sig, n_samples)`` as stored, with the checks the header allows."""
+    n_sig = len(h.leads)
+    files = signal_files(h)
     if len(files) == 1 and files[0].lower().endswith(".mat"):
         import scipy.io
 

@@ -19,7 +19,8 @@ import torch
 
 from core.engine import UserError
 
-from .data import Header, LoadedSet, WindowDataset, lead_indices, preprocess, read_header, read_record
+from .data import (Header, LoadedSet, WindowDataset, lead_indices, preprocess, read_header, read_record,
+                   signal_files)
 from .labels import LabelSpace
 
 DATA_LOADING = ("auto", "memory", "lazy")
@@ -89,11 +90,7 @@ def check_signal_files(h: Header) -> None:
     """Cheap checks of a record's signal files, without reading the samples: each file exists;
     a ``.mat`` holds ``val`` of ``(leads, samples)`` as the header says and, for MATLAB v4, is
     not truncated; a WFDB ``.dat`` is at least as long as the header implies. ``UserError`` else."""
-    hea = h.path.with_suffix(".hea")
-    files = sorted(set(h.files))
-    for f in files:
-        if not (h.path.parent / f).is_file():
-            raise UserError(hea, f"signal file {f} is missing")
+    files = signal_files(h)
     if len(files) == 1 and files[0].lower().endswith(".mat"):
         mat = h.path.parent / files[0]
         shape, want = _mat_shape(mat)

@@ -54,3 +54,15 @@ def copy_record(src_dir: Path, rec: str, dst_dir: Path, name: str | None = None,
 
 def load_val(src_dir: Path, rec: str) -> np.ndarray:
     return scipy.io.loadmat(str(src_dir / f"{rec}.mat"))["val"]
+
+
+def run(argv, capsys):
+    """``ssm-ecg ARGV`` in this process: (exit code, stdout, stderr)."""
+    from apps.ecg.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err

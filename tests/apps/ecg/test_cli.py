@@ -5,21 +5,12 @@ import json
 
 import numpy as np
 
-from apps.ecg.cli import load_checkpoint, main
+from apps.ecg.cli import load_checkpoint
 from apps.ecg.demo import synth_ecg, write_challenge_record
 from apps.ecg.infer import read_challenge_csv
 from apps.ecg.labels import LabelSpace
 
-from .conftest import TRAIN_ARGS, copy_record, load_val
-
-
-def run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
+from .conftest import TRAIN_ARGS, copy_record, load_val, run
 
 
 def test_train_writes_checkpoint_metrics_and_logs(trained):

@@ -9,28 +9,19 @@ import weakref
 import numpy as np
 import pytest
 
-from apps.ecg.cli import _checkpoint, load_checkpoint, main
+from apps.ecg.cli import _checkpoint, load_checkpoint
 from apps.ecg.data import find_records, load_records
 from apps.ecg.infer import evaluate_records, predict_records, predict_signals
 from apps.ecg.labels import LabelSpace
 from apps.ecg.metrics import evaluate
 from core.engine import write_json
 
-from .conftest import copy_record, load_val
+from .conftest import copy_record, load_val, run
 
 
 @pytest.fixture(autouse=True)
 def _no_progress(monkeypatch):
     monkeypatch.setenv("SSM_NO_PROGRESS", "1")  # stderr then holds only the lines under test
-
-
-def run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def in_memory_json(run_dir, data, out) -> str:
