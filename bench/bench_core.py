@@ -47,20 +47,38 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _leaf_maker(dev):
+    """Seeded random leaf tensors on ``dev``: ``(mk(*shape, scale=1.0), rand(*shape))``, one stream."""
+    import torch
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def mk(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dev).requires_grad_()
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g)
+
+    return mk, rand
+
+
+def _our_backend(impl, dev, cuda_backend):
+    """Backend name for ``impl`` "ours" (``cuda_backend`` on a GPU, else auto) or "mamba_ssm"."""
+    if impl == "mamba_ssm":
+        return "mamba_ssm"
+    return cuda_backend if dev == "cuda" else "auto"
+
+
 def _scan_fn(impl, L, dev, b=2, d=256, N=16):
     import torch
     import torch.nn.functional as F
-    g = torch.Generator(device="cpu").manual_seed(0)
-    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).to(dev).requires_grad_()  # noqa: E731
+    mk, rand = _leaf_maker(dev)
     u, delta, z = mk(b, d, L), mk(b, d, L, scale=0.5), mk(b, d, L)
-    A = (-torch.rand(d, N, generator=g) - 0.1).to(dev).requires_grad_()
+    A = (-rand(d, N) - 0.1).to(dev).requires_grad_()
     B, C, D, bias = mk(b, N, L), mk(b, N, L), mk(d), mk(d, scale=0.1)
     params = [u, delta, z, A, B, C, D, bias]
     if impl in ("ours", "mamba_ssm"):
         from core.ops import selective_scan
-        backend = "auto" if impl == "ours" else "mamba_ssm"
-        if impl == "ours" and dev == "cuda":
-            backend = "triton"
+        backend = _our_backend(impl, dev, "triton")
         fn = lambda: selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias,  # noqa: E731
                                     delta_softplus=True, backend=backend)
     elif impl == "mambapy":
@@ -81,18 +99,14 @@ def _scan_fn(impl, L, dev, b=2, d=256, N=16):
 
 
 def _ssd_fn(impl, L, dev, b=2, H=4, P=64, N=16, chunk=256):
-    import torch
-    g = torch.Generator(device="cpu").manual_seed(0)
-    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).to(dev).requires_grad_()  # noqa: E731
+    mk, rand = _leaf_maker(dev)
     x, dt, B, C = mk(b, L, H, P), mk(b, L, H, scale=0.5), mk(b, L, 1, N), mk(b, L, 1, N)
-    A = (-torch.rand(H, generator=g) - 0.1).to(dev).requires_grad_()
+    A = (-rand(H) - 0.1).to(dev).requires_grad_()
     D, bias = mk(H), mk(H, scale=0.1)
     params = [x, dt, A, B, C, D, bias]
     if impl in ("ours", "mamba_ssm"):
         from core.ops import ssd_scan
-        backend = "auto" if impl == "ours" else "mamba_ssm"
-        if impl == "ours" and dev == "cuda":
-            backend = "torch"
+        backend = _our_backend(impl, dev, "torch")
         fn = lambda: ssd_scan(x, dt, A, B, C, chunk_size=chunk, D=D, dt_bias=bias,  # noqa: E731
                               dt_softplus=True, backend=backend)
     else:
