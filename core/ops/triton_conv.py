@@ -7,21 +7,14 @@ and bias gradients are W small reductions in torch.
 
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 """
-import os
-
 import torch
 import torch.nn.functional as F
 
 from .dispatch import register_backend
+from .triton_scan import _HAVE_TRITON, _interpret, can_run, tl  # one triton import shim and device rule
 
-try:
+if _HAVE_TRITON:
     import triton
-    import triton.language as tl
-    _HAVE_TRITON = True
-except ImportError:  # never jitted then
-    class tl:  # noqa: N801
-        constexpr = None
-    _HAVE_TRITON = False
 _kernels = {}
 
 
@@ -49,15 +42,16 @@ def _conv_kernel(xp, w, bias, out, dim, Lout, Lp,
 
 def _launch(xp, w, bias, silu, out_dtype):
     """Causal conv of an already left-padded ``xp`` (batch, dim, Lp) -> (batch, dim, Lp - W + 1)."""
-    if "conv" not in _kernels:
-        _kernels["conv"] = triton.jit(_conv_kernel)
+    key = _interpret()  # jitting reads TRITON_INTERPRET: one kernel per setting, as in triton_scan
+    if key not in _kernels:
+        _kernels[key] = triton.jit(_conv_kernel)
     batch, dim, Lp = xp.shape
     W = w.shape[1]
     Lout = Lp - W + 1
     out = torch.empty(batch, dim, Lout, device=xp.device, dtype=torch.float32)
     BLOCK_D, BLOCK_L = 16, 128
     grid = (batch, triton.cdiv(dim, BLOCK_D), triton.cdiv(max(Lout, 1), BLOCK_L))
-    _kernels["conv"][grid](xp.contiguous(), w.contiguous(), bias if bias is not None else w, out,
+    _kernels[key][grid](xp.contiguous(), w.contiguous(), bias if bias is not None else w, out,
                            dim, Lout, Lp, W=W, HAS_BIAS=bias is not None, SILU=silu,
                            BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L)
     return out.to(out_dtype)
@@ -97,11 +91,6 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_states=N
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
     return _TritonConv.apply(x, weight, bias, initial_states, activation is not None)
-
-
-def can_run(t: torch.Tensor) -> bool:
-    """CUDA tensors, or CPU tensors while TRITON_INTERPRET=1."""
-    return t.is_cuda or (t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 if _HAVE_TRITON:
