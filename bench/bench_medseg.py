@@ -80,6 +80,8 @@ def prepare_brain(work: Path) -> tuple:
 
 
 def bench_brain(args) -> None:
+    from core.engine import best_or_last_checkpoint
+
     work = Path(args.work)
     train_json, test_json, cfg = prepare_brain(work)
     run = work / "run"
@@ -89,8 +91,7 @@ def bench_brain(args) -> None:
            "--accelerator", "cpu"]
     with open(work / "train.log", "w") as log:
         t_train = _run(cmd, log)
-    ckpt = run / "checkpoints" / "best.ckpt"
-    ckpt = ckpt if ckpt.is_file() else run / "checkpoints" / "last.ckpt"  # no validation ran yet
+    ckpt = best_or_last_checkpoint(run)  # last.ckpt when no validation ran yet
     ev = ["nice", "-n", "10", sys.executable, "-m", "apps.medseg.cli", "evaluate", "--checkpoint", ckpt,
           "--datalist", test_json, "--out", work / "eval", "--overwrite"]
     with open(work / "eval.log", "w") as log:

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.engine import UserError, make_trainer, seed_everything, write_json
+from core.engine import (UserError, best_or_last_checkpoint, load_module, make_trainer, seed_everything,
+                         write_json)
 
 from .data import find_records, load_records, parse_leads
 from .dataset import (TrainData, record_signals, resolve_data_loading, scan_records, split_by_record,
@@ -216,10 +217,8 @@ def train(data_inputs: Sequence[str | Path], out_dir: str | Path, cfg: Dict, see
     t1 = time.time()
     trainer.fit(module, dl_tr, dl_va)
     train_s = time.time() - t1
-    ckpt = out / "checkpoints" / "best.ckpt"
-    if not ckpt.is_file():
-        ckpt = out / "checkpoints" / "last.ckpt"
-    best = ECGModule.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=False).eval()
+    ckpt = best_or_last_checkpoint(out)
+    best = load_module(ckpt, ECGModule)
     # validation metrics on whole records with the stored thresholds
     probs, _ = predict_signals(best, record_signals(data, va, int(cfg["num_workers"])))
     val = evaluate(space, data.labels[va], probs, best.thresholds.numpy())
