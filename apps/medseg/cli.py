@@ -19,7 +19,7 @@ from typing import List, Optional
 from core.engine import (UserError, add_trainer_args, cli_main, load_config, merge_config, parse_set_pairs,
                          prepare_run_dir, seed_everything, trainer_kwargs_from_args, write_json)
 
-from .config import DEFAULTS
+from .config import DEFAULTS, lr_schedule
 
 
 def _progress() -> bool:
@@ -34,8 +34,7 @@ def _config(args) -> dict:
     ps = cfg["data"]["patch_size"]
     if not (isinstance(ps, list) and len(ps) == 3 and all(isinstance(p, int) and p > 0 for p in ps)):
         raise UserError("config", f"data.patch_size must be three positive integers, got {ps!r}")
-    if cfg["train"].get("lr_schedule") not in ("poly", "constant"):
-        raise UserError("config", f"train.lr_schedule must be poly or constant, got {cfg['train'].get('lr_schedule')!r}")
+    lr_schedule(cfg["train"])
     return cfg
 
 

@@ -1,6 +1,10 @@
 """Default configuration of ``ssm-medseg`` (override with ``--config FILE`` and ``--set key=value``)."""
 from __future__ import annotations
 
+from typing import Mapping
+
+from core.engine import UserError
+
 DEFAULTS = {
     "data": {
         "spacing": [1.5, 1.5, 1.5],    # target voxel size (mm) after RAS reorientation; null keeps the input's
@@ -39,3 +43,14 @@ DEFAULTS = {
         "steps_per_epoch": 25,
     },
 }
+
+LR_SCHEDULES = ("poly", "constant")
+
+
+def lr_schedule(train_cfg: Mapping) -> str:
+    """``train.lr_schedule``, checked (one-line ``UserError`` otherwise); configs from before the
+    option, such as older checkpoints', trained at a constant lr."""
+    sched = train_cfg.get("lr_schedule", "constant")
+    if sched not in LR_SCHEDULES:
+        raise UserError("config", f"train.lr_schedule must be poly or constant, got {sched!r}")
+    return sched

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.engine import UserError, best_or_last_checkpoint, make_trainer, poly_lr_scheduler, write_json
 
+from .config import lr_schedule
 from .model import build_model, count_parameters
 
 
@@ -112,11 +113,8 @@ class SegModule(L.LightningModule):
     def configure_optimizers(self):
         t = self.config["train"]
         opt = torch.optim.AdamW(self.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
-        sched = t.get("lr_schedule", "constant")  # checkpoints from before the option trained at constant lr
-        if sched == "constant":
+        if lr_schedule(t) == "constant":
             return opt
-        if sched != "poly":
-            raise UserError("config", f"train.lr_schedule must be poly or constant, got {sched!r}")
         return {"optimizer": opt, "lr_scheduler": poly_lr_scheduler(opt, self, int(t["steps_per_epoch"]))}
 
 
