@@ -190,16 +190,14 @@ class LazyWindowDataset(WindowDataset):
     """
 
     def __init__(self, index: RecordIndex, idx: Sequence[int], length: int, train: bool = True, seed: int = 0):
-        idx = np.asarray(idx, dtype=np.int64)
-        super().__init__([], index.labels[idx], length, train, seed)
-        self.paths = [index.paths[i] for i in idx]
-        self.leads, self.fs, self.band = index.leads, index.fs, index.band
+        self.index, self.idx = index, np.asarray(idx, dtype=np.int64)
+        super().__init__([], index.labels[self.idx], length, train, seed)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.idx)
 
     def _signal(self, i: int) -> np.ndarray:
-        return read_signal(self.paths[i], self.leads, self.fs, self.band)
+        return self.index.signal(int(self.idx[i]))
 
 
 TrainData = Union[LoadedSet, RecordIndex]
@@ -230,6 +228,12 @@ def _as_is(x):
     return x
 
 
+def _in_order(ds: torch.utils.data.Dataset, num_workers: int) -> Iterator:
+    """``ds``'s items one by one, in index order; ``num_workers`` processes read ahead."""
+    return iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=int(num_workers),
+                                            collate_fn=_as_is))
+
+
 def record_signals(data: TrainData, idx: Sequence[int], num_workers: int = 0) -> Iterator[np.ndarray]:
     """Whole preprocessed records ``(n_leads, L_i)`` in the order of ``idx``. For a ``RecordIndex``
     they are read as consumed (``num_workers`` processes read ahead), so memory stays bounded."""
@@ -237,8 +241,7 @@ def record_signals(data: TrainData, idx: Sequence[int], num_workers: int = 0) ->
         for i in idx:
             yield data.signals[i]
         return
-    yield from torch.utils.data.DataLoader(_WholeRecords(data, idx), batch_size=None, shuffle=False,
-                                           num_workers=num_workers, collate_fn=_as_is)
+    yield from _in_order(_WholeRecords(data, idx), num_workers)
 
 
 class RecordRead(NamedTuple):
@@ -276,9 +279,7 @@ def stream_records(paths: Sequence[Path], leads: Sequence[str], fs: float,
     one-line ``error`` (the text of :func:`apps.ecg.data.read_record`'s ``UserError``) and the
     stream goes on. ``num_workers`` processes read ahead (at most two records each), so memory
     holds a few records whatever the length of ``paths``."""
-    ds = _ReadOrFail(paths, leads, fs, band)
-    yield from torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=int(num_workers),
-                                           collate_fn=_as_is)
+    yield from _in_order(_ReadOrFail(paths, leads, fs, band), num_workers)
 
 
 def split_by_record(n: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
