@@ -26,7 +26,7 @@ class DLinear(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, x_enc: Tensor) -> Tensor:
-        x = (self.revin.norm(x_enc) if self.revin is not None else x_enc).transpose(1, 2)                                 # (B, C, L)
+        x = (self.revin.norm(x_enc) if self.revin is not None else x_enc).transpose(1, 2)  # (B, C, L)
         front = x[..., :1].expand(*x.shape[:2], (self.k - 1) // 2)
         end = x[..., -1:].expand(*x.shape[:2], self.k // 2)
         trend = torch.nn.functional.avg_pool1d(torch.cat([front, x, end], -1), self.k, stride=1)
