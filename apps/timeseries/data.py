@@ -285,9 +285,11 @@ class SeriesData:
                              self.steps[b1[k]:b2[k]])
 
     def loader(self, split: str, batch_size: int, num_workers: int = 0) -> DataLoader:
-        """Train: shuffled, drops its last partial batch (as TSLib); val/test: in order, keep it."""
+        """Train: shuffled, drops its last partial batch (as TSLib) unless that would leave no batch at
+        all (fewer windows than ``batch_size``); val/test: in order, keep it."""
         train = split == "train"
-        return DataLoader(self.dataset(split), batch_size=batch_size, shuffle=train, drop_last=train,
+        ds = self.dataset(split)
+        return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) >= batch_size,
                           num_workers=num_workers)
 
     def last_window(self) -> Tuple[torch.Tensor, torch.Tensor]:

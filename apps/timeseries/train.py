@@ -1,6 +1,13 @@
-"""Training: a LightningModule around any forecaster, early stopping on validation MSE."""
+"""Training: a LightningModule around any forecaster, early stopping on validation MSE.
+
+With ``linear_stage.enabled`` (SpaceTime, Chimera) training runs in two stages: the linear path
+(skip map + residual cycle) is fitted alone first, with its own recipe; then the SSM branch learns the
+residual, starting from a zero output, with that path frozen (``linear_stage.freeze``). The branch is
+kept only if it lowers the validation MSE; otherwise the stage-1 checkpoint is the result.
+"""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -13,7 +20,7 @@ from core.engine import (UserError, best_or_last_checkpoint, load_module, make_t
                          prepare_run_dir, seed_everything, write_json)
 
 from .data import SeriesData, auto_cycle_len, load_series
-from .models import MODELS, build_model
+from .models import MODELS, build_model, linear_path, set_linear_only, zero_branch_output
 
 # Per-model defaults, tuned on ETTh1 validation (see bench/RESULTS.md, "## timeseries").
 MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -28,7 +35,11 @@ MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
 TRAIN_DEFAULTS: Dict[str, Any] = dict(
     batch_size=32, lr=1e-3, weight_decay=0.0, loss="mae", lr_decay=0.5, lr_hold=0, patience=3,
     max_epochs=10, cycle="auto", model={},
+    # stage 1 (linear path alone): CycleNet's recipe for its linear model
+    linear_stage=dict(enabled=False, freeze=True, max_epochs=30, batch_size=256, lr=0.01, loss="mse",
+                      lr_decay=0.9, lr_hold=2, patience=5),
 )
+STAGES = ("joint", "linear", "residual")
 
 
 class ForecastModule(L.LightningModule):
@@ -37,10 +48,18 @@ class ForecastModule(L.LightningModule):
     def __init__(self, model_name: str, model_cfg: Dict[str, Any], seq_len: int, pred_len: int,
                  enc_in: int, c_out: int, lr: float = 1e-3, weight_decay: float = 0.0,
                  loss: str = "mse", lr_decay: float = 0.5, data_info: Optional[Dict[str, Any]] = None,
-                 cycle_len: int = 0, lr_hold: int = 0):
+                 cycle_len: int = 0, lr_hold: int = 0, stage: str = "joint"):
         super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.save_hyperparameters()
         self.model = build_model(model_name, seq_len, pred_len, enc_in, c_out, cycle_len=cycle_len, **model_cfg)
+        if stage != "joint":
+            # "linear": the linear path alone; "residual": the SSM branch on top of a frozen linear path
+            set_linear_only(self.model, stage == "linear")
+            linear = {id(p) for p in linear_path(self.model)}
+            for p in self.model.parameters():
+                p.requires_grad_((id(p) in linear) == (stage == "linear"))
 
     def forward(self, x: torch.Tensor, t_index: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, seq_len, enc_in) scaled, t_index (B,) step index of each window's first row
@@ -72,7 +91,7 @@ class ForecastModule(L.LightningModule):
         self.log("val_loss", F.mse_loss(pred, y), on_epoch=True, prog_bar=True, batch_size=x.shape[0])
 
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         decay, hold = self.hparams.lr_decay, self.hparams.lr_hold
         # TSLib "type1" (hold 0, decay 0.5); LTSF-Linear's "type3" is hold 3, decay 0.9
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda ep: decay ** max(0, ep - hold))
@@ -92,8 +111,17 @@ def resolve_config(model: str, config: Optional[Dict[str, Any]] = None,
     if cfg["cycle"] != "auto" and (isinstance(cfg["cycle"], bool) or not isinstance(cfg["cycle"], int)
                                    or cfg["cycle"] < 0):
         raise UserError("config", f"cycle must be 'auto' or a number of steps >= 0 (0 = off), got {cfg['cycle']!r}")
-    if cfg["loss"] not in ("mse", "mae", "huber"):
-        raise UserError("config", f"loss must be mse, mae or huber, got {cfg['loss']!r}")
+    for where, c in (("loss", cfg), ("linear_stage.loss", cfg["linear_stage"])):
+        if c["loss"] not in ("mse", "mae", "huber"):
+            raise UserError("config", f"{where} must be mse, mae or huber, got {c['loss']!r}")
+    unknown = sorted(set(cfg["linear_stage"]) - set(TRAIN_DEFAULTS["linear_stage"]))
+    if unknown:
+        raise UserError("config", f"unknown linear_stage option(s) {unknown}; "
+                                  f"known: {sorted(TRAIN_DEFAULTS['linear_stage'])}")
+    if cfg["linear_stage"]["enabled"]:
+        if model not in ("spacetime", "chimera") or not cfg["model"].get("linear_skip", False):
+            raise UserError("config", f"linear_stage needs an SSM model with its linear skip path "
+                                      f"(spacetime or chimera, model.linear_skip=true); got {model}")
     return cfg
 
 
@@ -124,28 +152,58 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
     out_dir = prepare_run_dir(out, overwrite, clear=("metrics.json", "config.json"))
     cycle_len = auto_cycle_len(data.timestamps) if cfg["cycle"] == "auto" else int(cfg["cycle"])
     seed_everything(seed)
-    module = ForecastModule(model, cfg["model"], seq_len, pred_len, len(data.in_cols), len(data.out_cols),
-                            lr=cfg["lr"], weight_decay=cfg["weight_decay"], loss=cfg["loss"],
-                            lr_decay=cfg["lr_decay"], data_info=data_info(data), cycle_len=cycle_len,
-                            lr_hold=int(cfg["lr_hold"]))
     write_json(out_dir / "config.json", dict(cfg, data=str(data_path), seq_len=seq_len, pred_len=pred_len,
                                              features=features, target=data.target, seed=seed,
                                              cycle_len=cycle_len))
-    tk = dict(trainer_kwargs or {})
-    tk.setdefault("max_time", max_time)
-    trainer = make_trainer(out_dir, max_epochs=cfg["max_epochs"], monitor="val_loss", progress=progress,
-                           callbacks=[EarlyStopping("val_loss", patience=cfg["patience"], mode="min")],
-                           deterministic=False, **tk)
-    t0 = time.time()
-    trainer.fit(module, data.loader("train", cfg["batch_size"], num_workers),
-                data.loader("val", cfg["batch_size"], num_workers))
-    train_s = time.time() - t0
-    cb = trainer.checkpoint_callback
-    best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else best_or_last_checkpoint(out_dir)
+
+    def make(stage: str, c: Dict[str, Any]) -> ForecastModule:
+        return ForecastModule(model, cfg["model"], seq_len, pred_len, len(data.in_cols), len(data.out_cols),
+                              lr=c["lr"], weight_decay=cfg["weight_decay"], loss=c["loss"],
+                              lr_decay=c["lr_decay"], data_info=data_info(data), cycle_len=cycle_len,
+                              lr_hold=int(c["lr_hold"]), stage=stage)
+
+    def fit(module: ForecastModule, run_dir: Path, c: Dict[str, Any]):
+        tk = dict(trainer_kwargs or {})
+        tk.setdefault("max_time", max_time)
+        trainer = make_trainer(run_dir, max_epochs=c["max_epochs"], monitor="val_loss", progress=progress,
+                               callbacks=[EarlyStopping("val_loss", patience=c["patience"], mode="min")],
+                               deterministic=False, **tk)
+        t0 = time.time()
+        trainer.fit(module, data.loader("train", c["batch_size"], num_workers),
+                    data.loader("val", c["batch_size"], num_workers))
+        cb = trainer.checkpoint_callback
+        best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else None
+        score = float(cb.best_model_score) if cb is not None and cb.best_model_score is not None else float("inf")
+        return best, score, int(trainer.current_epoch), time.time() - t0
+
+    ls = cfg["linear_stage"]
+    stage1 = None
+    if ls["enabled"]:
+        best1, score1, ep1, s1 = fit(make("linear", ls), out_dir / "linear_stage", ls)
+        best1 = best1 or best_or_last_checkpoint(out_dir / "linear_stage")
+        module = make("residual" if ls["freeze"] else "joint", cfg)
+        module.model.load_state_dict(load_module(best1, ForecastModule).model.state_dict())
+        zero_branch_output(module.model)  # the branch starts at "no correction"
+        stage1 = dict(val_mse=score1, epochs=ep1, train_time_s=round(s1, 1), checkpoint=str(best1))
+    else:
+        module = make("joint", cfg)
+    best, score, epochs, train_s = fit(module, out_dir, cfg)
+    if stage1 is not None:
+        train_s += stage1["train_time_s"]
+        stage1["branch_kept"] = score < stage1["val_mse"]
+        if not stage1["branch_kept"]:  # the SSM branch never beat the linear path on validation
+            best = out_dir / "checkpoints" / "best.ckpt"  # always the result
+            best.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(stage1["checkpoint"], best)
+    if best is None:
+        best = best_or_last_checkpoint(out_dir)
     module = load_module(best, ForecastModule)
     result = dict(model=model, data=str(data_path), seq_len=seq_len, pred_len=pred_len, features=features,
-                  seed=seed, cycle_len=cycle_len, epochs=int(trainer.current_epoch), train_time_s=round(train_s, 1),
+                  seed=seed, cycle_len=cycle_len, epochs=epochs, train_time_s=round(train_s, 1),
                   n_params=sum(p.numel() for p in module.parameters()), checkpoint=str(best))
+    if stage1 is not None:  # what the linear path alone scores, to show what the SSM branch adds
+        stage1["test"] = evaluate_split(load_module(stage1["checkpoint"], ForecastModule), data, "test")
+        result["linear_stage"] = stage1
     result["val"] = evaluate_split(module, data, "val")
     result["test"] = evaluate_split(module, data, "test")
     write_json(out_dir / "metrics.json", result)

@@ -123,6 +123,7 @@ class Chimera(nn.Module):
             if zero_init_head:  # start as the linear forecaster; the SSM path learns a residual
                 nn.init.zeros_(self.head.weight)
                 nn.init.zeros_(self.head.bias)
+        self.linear_only = False  # True: the skip path alone (see SpaceTime)
 
     def set_scan_method(self, method: str) -> None:
         """'variates' (default) or 'matrix' (fully parallel; see core.ops.scan2d)."""
@@ -132,13 +133,17 @@ class Chimera(nn.Module):
     def forward(self, x_enc: Tensor) -> Tensor:
         B, L, C = x_enc.shape
         x = self.revin.norm(x_enc) if self.revin is not None else x_enc
-        p = patchify(x, self.patch_len)                           # (B, C, T, P)
-        z = self.drop(self.embed(p).transpose(1, 2) + self.pos + self.var_emb)  # (B, T, V, d)
-        for blk in self.blocks:
-            z = blk(z)
-        z = self.norm(z).permute(0, 2, 1, 3).flatten(2)           # (B, V, T*d)
-        y = self.head(self.head_drop(z)).transpose(1, 2)          # (B, H, C)
-        if self.skip is not None:
-            y = y + self.skip(x.transpose(1, 2)).transpose(1, 2)
+        s = self.skip(x.transpose(1, 2)).transpose(1, 2) if self.skip is not None else None  # (B, H, C)
+        if self.linear_only:
+            y = s
+        else:
+            p = patchify(x, self.patch_len)                           # (B, C, T, P)
+            z = self.drop(self.embed(p).transpose(1, 2) + self.pos + self.var_emb)  # (B, T, V, d)
+            for blk in self.blocks:
+                z = blk(z)
+            z = self.norm(z).permute(0, 2, 1, 3).flatten(2)           # (B, V, T*d)
+            y = self.head(self.head_drop(z)).transpose(1, 2)          # (B, H, C)
+            if s is not None:
+                y = y + s
         y = y[..., -self.c_out:]
         return self.revin.denorm(y) if self.revin is not None else y

@@ -9,7 +9,9 @@ Channels: ``channel_mixing=False`` (default) runs every variate as its own seque
 weights (channel independence, best on ETT); ``True`` embeds all variates of a time step together
 and reads all outputs out of one decoder (multivariate in and out in one sequence).
 ``linear_skip`` adds a linear lookback->horizon map on the normalised input (an AR skip path the
-SSM then corrects); it costs L*H parameters and helps on small data sets such as ETT.
+SSM then corrects); it costs L*H parameters and helps on small data sets such as ETT. Setting the
+attribute ``linear_only = True`` runs that path alone (the SSM branch is skipped, not just zeroed):
+training fits it first that way when ``linear_stage`` is on.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ class SpaceTime(nn.Module):
         if self.skip is not None:
             nn.init.constant_(self.skip.weight, 1.0 / seq_len)
             nn.init.zeros_(self.skip.bias)
+        self.linear_only = False
 
     def _lags(self, x: Tensor) -> Tensor:
         """(B, L, c) -> (B, L, c * embed_lags): each step sees its last embed_lags values (causal)."""
@@ -71,15 +74,18 @@ class SpaceTime(nn.Module):
     def forward(self, x_enc: Tensor) -> Tensor:
         B, L, C = x_enc.shape
         x = self.revin.norm(x_enc) if self.revin is not None else x_enc
-        seq = x if self.channel_mixing else x.transpose(1, 2).reshape(B * C, L, 1)
-        z = self.embed(self._lags(seq))
-        for blk in self.encoder:
-            z = blk(z)
-        y = self.head(self.drop(self.decoder(self.norm(z), self.pred_len)))  # (B', H, c)
-        if not self.channel_mixing:
-            y = y.reshape(B, C, self.pred_len).transpose(1, 2)      # (B, H, C)
-        if self.skip is not None:
-            s = self.skip(x.transpose(1, 2)).transpose(1, 2)        # (B, H, C)
-            y = y + (s if self.channel_mixing is False else s[..., -y.shape[-1]:])
+        s = self.skip(x.transpose(1, 2)).transpose(1, 2) if self.skip is not None else None  # (B, H, C)
+        if self.linear_only:
+            y = s
+        else:
+            seq = x if self.channel_mixing else x.transpose(1, 2).reshape(B * C, L, 1)
+            z = self.embed(self._lags(seq))
+            for blk in self.encoder:
+                z = blk(z)
+            y = self.head(self.drop(self.decoder(self.norm(z), self.pred_len)))  # (B', H, c)
+            if not self.channel_mixing:
+                y = y.reshape(B, C, self.pred_len).transpose(1, 2)      # (B, H, C)
+            if s is not None:
+                y = y + s[..., -y.shape[-1]:]
         y = y[..., -self.c_out:]
         return self.revin.denorm(y) if self.revin is not None else y
