@@ -95,6 +95,10 @@ def cmd_train(args) -> int:
     t = res["test"]
     print(f"test  MSE {t['mse']:.4f}  MAE {t['mae']:.4f}  (original scale: MSE {t['mse_orig']:.4f} "
           f"MAE {t['mae_orig']:.4f}; {t['windows']} windows)")
+    if "linear_stage" in res:
+        s1 = res["linear_stage"]
+        print(f"linear path alone: test MSE {s1['test']['mse']:.4f}; SSM branch "
+              + ("kept (it lowered val MSE)" if s1["branch_kept"] else "dropped (it did not lower val MSE)"))
     print(f"best checkpoint: {res['checkpoint']}\nmetrics: {Path(args.out) / 'metrics.json'}")
     return 0
 

@@ -4,6 +4,7 @@ With ``linear_stage.enabled`` (SpaceTime, Chimera) training runs in two stages: 
 (skip map + residual cycle) is fitted alone first, with its own recipe; then the SSM branch learns the
 residual, starting from a zero output, with that path frozen (``linear_stage.freeze``). The branch is
 kept only if it lowers the validation MSE; otherwise the stage-1 checkpoint is the result.
+``max_epochs`` and the other top-level options drive stage 2; ``max_time`` bounds each stage.
 """
 from __future__ import annotations
 

@@ -97,3 +97,16 @@ def test_two_stage_training_keeps_the_branch_only_if_it_helps(tmp_path, branch_e
         assert mod.hparams.stage == ("residual" if s1["branch_kept"] else "linear")
         assert r["val"]["mse"] <= s1["val_mse"] * (1 + 1e-5)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["linear_stage"]["branch_kept"] == s1["branch_kept"]
+
+
+def test_cli_two_stage_reports_the_linear_path(tmp_path, run_cli):
+    csv = make_csv(tmp_path / "d.csv", n=300)
+    code, out, err = run_cli("train", "--data", csv, "--model", "chimera", "--seq-len", 24, "--pred-len", 6,
+                             "--out", tmp_path / "run", "--max-epochs", 1, "--seed", 0,
+                             "--set", "linear_stage.enabled=true", "--set", "linear_stage.max_epochs=2",
+                             "--set", "model.d_model=8", "--set", "model.d_state=2")
+    assert code == 0, err
+    assert "linear path alone: test MSE" in out
+    code, out, err = run_cli("train", "--data", csv, "--model", "dlinear", "--out", tmp_path / "run2",
+                             "--set", "linear_stage.enabled=true")
+    assert code == 2 and "linear_stage needs" in err and not (tmp_path / "run2").exists()
