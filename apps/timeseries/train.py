@@ -92,7 +92,8 @@ class ForecastModule(L.LightningModule):
         self.log("val_loss", F.mse_loss(pred, y), on_epoch=True, prog_bar=True, batch_size=x.shape[0])
 
     def configure_optimizers(self):
-        opt = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        params = [p for p in self.parameters() if p.requires_grad]  # a stage trains only its own part
+        opt = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         decay, hold = self.hparams.lr_decay, self.hparams.lr_hold
         # TSLib "type1" (hold 0, decay 0.5); LTSF-Linear's "type3" is hold 3, decay 0.9
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda ep: decay ** max(0, ep - hold))
@@ -120,7 +121,7 @@ def resolve_config(model: str, config: Optional[Dict[str, Any]] = None,
         raise UserError("config", f"unknown linear_stage option(s) {unknown}; "
                                   f"known: {sorted(TRAIN_DEFAULTS['linear_stage'])}")
     if cfg["linear_stage"]["enabled"]:
-        if model not in ("spacetime", "chimera") or not cfg["model"].get("linear_skip", False):
+        if not cfg["model"].get("linear_skip", False):  # only the SSM models have the option
             raise UserError("config", f"linear_stage needs an SSM model with its linear skip path "
                                       f"(spacetime or chimera, model.linear_skip=true); got {model}")
     return cfg
@@ -182,8 +183,9 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
     if ls["enabled"]:
         best1, score1, ep1, s1 = fit(make("linear", ls), out_dir / "linear_stage", ls)
         best1 = best1 or best_or_last_checkpoint(out_dir / "linear_stage")
+        linear_module = load_module(best1, ForecastModule)
         module = make("residual" if ls["freeze"] else "joint", cfg)
-        module.model.load_state_dict(load_module(best1, ForecastModule).model.state_dict())
+        module.model.load_state_dict(linear_module.model.state_dict())
         zero_branch_output(module.model)  # the branch starts at "no correction"
         stage1 = dict(val_mse=score1, epochs=ep1, train_time_s=round(s1, 1), checkpoint=str(best1))
     else:
@@ -203,7 +205,7 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
                   seed=seed, cycle_len=cycle_len, epochs=epochs, train_time_s=round(train_s, 1),
                   n_params=sum(p.numel() for p in module.parameters()), checkpoint=str(best))
     if stage1 is not None:  # what the linear path alone scores, to show what the SSM branch adds
-        stage1["test"] = evaluate_split(load_module(stage1["checkpoint"], ForecastModule), data, "test")
+        stage1["test"] = evaluate_split(linear_module, data, "test")
         result["linear_stage"] = stage1
     result["val"] = evaluate_split(module, data, "val")
     result["test"] = evaluate_split(module, data, "test")
