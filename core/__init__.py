@@ -1,3 +1,3 @@
 """Shared state-space-model kernels, layers and training engine."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
