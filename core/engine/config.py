@@ -156,8 +156,16 @@ def prepare_run_dir(out: str | Path, overwrite: bool, clear: Iterable[str] = ())
     When reusing one, the previous run's outputs are removed first (the
     trainer's ``checkpoints/`` and ``logs/`` plus the app's own ``clear`` names),
     so a stale ``best.ckpt`` or metrics file is never mistaken for the new run's.
+
+    Under DDP only rank 0 prepares the folder: the ranks Lightning relaunches find it already
+    made (and must not clear it), so they only make sure it exists.
     """
+    from .cli import is_rank_zero
+
     p = Path(out)
+    if not is_rank_zero():
+        p.mkdir(parents=True, exist_ok=True)
+        return p
     if p.exists() and not p.is_dir():
         raise UserError(p, "exists and is not a directory")
     if p.is_dir() and any(p.iterdir()):

@@ -1,4 +1,8 @@
-"""One error style for every console script: one line, exit code 2."""
+"""One error style for every console script.
+
+Exit codes: 0 all done; 2 bad input (one line naming the file and the problem), including "some
+items failed, the rest were written"; 1 an internal error (a bug). ``SSM_DEBUG=1`` shows tracebacks.
+"""
 from __future__ import annotations
 
 import functools
@@ -6,6 +10,8 @@ import os
 import sys
 from typing import Callable, Optional
 
+EXIT_OK = 0
+EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -22,7 +28,8 @@ class UserError(Exception):
 
 
 def cli_main(fn: Callable[..., Optional[int]]) -> Callable[..., int]:
-    """Decorate a console-script ``main``: turn :class:`UserError` into one line + exit 2.
+    """Decorate a console-script ``main``: :class:`UserError` becomes one line + exit 2; any other
+    exception (a bug) one line + exit 1; the function's own return value is the exit code.
 
     Set ``SSM_DEBUG=1`` to see the full traceback instead.
     """
@@ -39,6 +46,13 @@ def cli_main(fn: Callable[..., Optional[int]]) -> Callable[..., int]:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except Exception as e:  # a bug: say so in one line, keep the traceback for SSM_DEBUG=1
+            if os.environ.get("SSM_DEBUG") == "1":
+                raise
+            first = (str(e).splitlines() or [""])[0][:300]
+            print(f"internal error: {type(e).__name__}: {first} (this is a bug; SSM_DEBUG=1 shows the "
+                  "traceback)", file=sys.stderr)
+            sys.exit(EXIT_INTERNAL)
         code = 0 if code is None else int(code)
         if code:
             sys.exit(code)
