@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-APPS = ("timeseries", "ecg", "medseg")
+APPS = ("timeseries", "ecg", "medseg", "recsys")
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from apps.recsys.cli import main
+
+ML100K = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "recsys" / "ml-100k" / "ml-100k.inter"
+
+
+@pytest.fixture(scope="session")
+def ml100k():
+    if not ML100K.is_file():
+        pytest.skip("MovieLens-100K not found at ../shared/data/recsys/ml-100k")
+    return ML100K
+
+
+@pytest.fixture(scope="session")
+def ml100k_df(ml100k):
+    from apps.recsys.data import read_interactions
+
+    return read_interactions(ml100k)[0]
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    from apps.recsys.demo import synthetic_log
+
+    return synthetic_log(tmp_path_factory.mktemp("log") / "demo.inter", n_users=60, n_items=48, length=20)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, synth):
+    """A tiny causal TiM4Rec trained for 2 epochs through the CLI (shared by the serving tests)."""
+    out = tmp_path_factory.mktemp("run") / "tim"
+    code = main(["train", "--data", str(synth), "--model", "tim4rec", "--out", str(out), "--max-epochs", "2",
+                 "--seed", "0", "--set", "model.d_model=16", "--set", "model.d_state=8", "--set", "model.headdim=8",
+                 "--batch-size", "16"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``ssm-recsys ARGS`` in-process: returns (exit code, stdout, stderr)."""
+
+    def run(*args):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 2
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
