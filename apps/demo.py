@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-APPS = ("timeseries", "ecg", "medseg", "recsys")
+APPS = ("timeseries", "ecg", "medseg", "recsys", "asr")
 
 
 def main(argv=None) -> int:
