@@ -80,8 +80,8 @@ def _build(cache: Path) -> Path:
 
 def _declare(lib):
     i64, p = ctypes.c_int64, ctypes.c_void_p
-    fwd = [i64] * 5 + [p] * 3 + [p, i64, i64, i64] * 2 + [p, p, p, p, i64, i64, i64]
-    bwd = [i64] * 5 + [p] * 3 + [p, i64, i64, i64] * 2 + [p, i64] + [p] * 8 + [i64, i64]
+    fwd = [i64] * 5 + [p] * 3 + [p, i64, i64, i64] * 2 + [p, p, p, p, i64, p, i64, i64]
+    bwd = [i64] * 5 + [p] * 3 + [p, i64, i64, i64] * 2 + [p, i64] + [p] * 8 + [p, i64, i64]
     for sfx in ("f32", "f64"):
         getattr(lib, f"ss_fwd_{sfx}").argtypes = fwd
         getattr(lib, f"ss_bwd_{sfx}").argtypes = bwd

@@ -44,7 +44,7 @@ def _nthreads(nch):
 
 class _CpuScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, h0):
+    def forward(ctx, u, dt, A, B, C, h0, seq_idx):
         lib = cpu_build.load()
         sfx = "f64" if u.dtype == torch.float64 else "f32"
         u, dt, A = u.contiguous(), dt.contiguous(), A.contiguous()
@@ -61,9 +61,11 @@ class _CpuScan(torch.autograd.Function):
         f = getattr(lib, f"ss_fwd_{sfx}")
         _parallel(lambda lo, hi, i: f(dim, L, N, Gb, Gc, u.data_ptr(), dt.data_ptr(), A.data_ptr(),
                                       B2.data_ptr(), *sb, C2.data_ptr(), *sc, _ptr(h0c),
-                                      y.data_ptr(), last.data_ptr(), ckpt.data_ptr(), K, lo, hi),
+                                      y.data_ptr(), last.data_ptr(), ckpt.data_ptr(), K, _ptr(seq_idx),
+                                      lo, hi),
                   batch * dim)
         ctx.save_for_backward(u, dt, A, B, C, ckpt)  # not B2/C2: re-laid out in backward
+        ctx.seq_idx = seq_idx  # int32 (batch, L), never differentiated
         ctx.meta = (Gb, Gc, sb, sc, K, B.dim(), C.dim(), h0 is not None)
         return y, last
 
@@ -89,19 +91,19 @@ class _CpuScan(torch.autograd.Function):
                                       B2.data_ptr(), *sb, C2.data_ptr(), *sc, ckpt.data_ptr(), K,
                                       gy.data_ptr(), _ptr(glast), gu.data_ptr(), gdt.data_ptr(),
                                       gA.data_ptr(), gB[i].data_ptr(), gC[i].data_ptr(),
-                                      gh0.data_ptr(), lo, hi),
+                                      gh0.data_ptr(), _ptr(ctx.seq_idx), lo, hi),
                   batch * dim)
         gB = bc_unlayout(gB.sum(0), bdim)
         gC = bc_unlayout(gC.sum(0), cdim)
-        return gu, gdt, gA.sum(0), gB, gC, (gh0 if has_h0 else None)
+        return gu, gdt, gA.sum(0), gB, gC, (gh0 if has_h0 else None), None
 
 
-def _cpu_core(u, dt, A, B, C, h0):
-    return _CpuScan.apply(u, dt, A, B, C, h0)
+def _cpu_core(u, dt, A, B, C, h0, seq_idx=None):
+    return _CpuScan.apply(u, dt, A, B, C, h0, seq_idx)
 
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False, initial_state=None):
+                       return_last_state=False, initial_state=None, seq_idx=None):
     """``selective_scan_fn`` on CPU tensors (C kernel; pure torch if it cannot be built).
 
     Shapes as :func:`core.ops.selective_scan`.
@@ -109,11 +111,12 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     core = _cpu_core if cpu_build.load() is not None else torch_scan.torch_scan_core
     return selective_scan_with(core, u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                delta_softplus=delta_softplus, return_last_state=return_last_state,
-                               initial_state=initial_state)
+                               initial_state=initial_state, seq_idx=seq_idx)
 
 
 def ssd_scan_cpu(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-                 initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf"))):
+                 initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf")),
+                 seq_idx=None):
     """``mamba_chunk_scan_combined`` on CPU tensors. Shapes as :func:`core.ops.ssd_scan`.
 
     SSD is the Mamba-1 recurrence with dim = heads*headdim channels, A and dt
@@ -125,10 +128,11 @@ def ssd_scan_cpu(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt
     if cpu_build.load() is None:
         return torch_scan.ssd_scan_torch(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
                                          dt_softplus=dt_softplus, initial_states=initial_states,
-                                         return_final_states=return_final_states, dt_limit=dt_limit)
+                                         return_final_states=return_final_states, dt_limit=dt_limit,
+                                         seq_idx=seq_idx)
     return ssd_scan_with(_cpu_core, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
                          initial_states=initial_states, return_final_states=return_final_states,
-                         dt_limit=dt_limit)
+                         dt_limit=dt_limit, seq_idx=seq_idx)
 
 
 def _is_cpu(t: torch.Tensor) -> bool:

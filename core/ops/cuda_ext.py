@@ -8,7 +8,10 @@ backend instead (Triton, then pure torch), so results never silently differ:
   gradient: with ``initial_state`` or ``return_last_state`` we use Triton.
 * float64 inputs (the kernels support fp32/fp16/bf16 only) go to Triton/torch.
 * ``causal_conv1d_fn`` supports widths 2..4 and needs channel-last ``x`` with
-  ``initial_states``; other widths use our Triton kernel.
+  ``initial_states`` or ``seq_idx``; other widths use our Triton kernel.
+* Packed sequences (``seq_idx``): ``selective_scan_fn`` has none, so Triton runs
+  them; ``mamba_chunk_scan_combined`` and ``causal_conv1d_fn`` take ``seq_idx``
+  but not together with initial states, which then go to Triton as well.
 
 Not testable on a machine without a GPU; written against the packages'
 documented signatures (mamba_ssm >= 2.2, causal-conv1d >= 1.4).
@@ -39,6 +42,8 @@ _HALF_OR_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
 def _fallback(op: str, *args, **kwargs):
     """Run ``op`` with the best backend for these tensors other than the packages."""
     t = args[0]
+    if kwargs.get("seq_idx") is None:
+        kwargs.pop("seq_idx", None)
     for name in ("triton", "torch", "reference"):
         entry = _REGISTRY[op].get(name)
         if entry is not None and entry[1](t):
@@ -47,12 +52,14 @@ def _fallback(op: str, *args, **kwargs):
 
 
 def selective_scan_mamba_ssm(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                             delta_softplus=False, return_last_state=False, initial_state=None):
+                             delta_softplus=False, return_last_state=False, initial_state=None,
+                             seq_idx=None):
     """``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (same argument names)."""
-    if initial_state is not None or return_last_state or u.dtype not in _HALF_OR_FLOAT:
+    if (initial_state is not None or return_last_state or seq_idx is not None
+            or u.dtype not in _HALF_OR_FLOAT):
         return _fallback("selective_scan", u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                          delta_softplus=delta_softplus, return_last_state=return_last_state,
-                         initial_state=initial_state)
+                         initial_state=initial_state, seq_idx=seq_idx)
     # the CUDA kernel wants A, D and delta_bias in fp32
     return _ss_fn(u, delta, A.float(), B, C, D=None if D is None else D.float(), z=z,
                   delta_bias=None if delta_bias is None else delta_bias.float(),
@@ -61,23 +68,29 @@ def selective_scan_mamba_ssm(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 
 def ssd_scan_mamba_ssm(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None,
                        dt_softplus=False, initial_states=None, return_final_states=False,
-                       dt_limit=(0.0, float("inf"))):
+                       dt_limit=(0.0, float("inf")), seq_idx=None):
     """``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined`` (same argument names)."""
-    if x.dtype not in _HALF_OR_FLOAT:
+    if x.dtype not in _HALF_OR_FLOAT or (seq_idx is not None and initial_states is not None):
         return _fallback("ssd_scan", x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z,
                          dt_bias=dt_bias, dt_softplus=dt_softplus, initial_states=initial_states,
-                         return_final_states=return_final_states, dt_limit=dt_limit)
+                         return_final_states=return_final_states, dt_limit=dt_limit, seq_idx=seq_idx)
+    kw = {} if seq_idx is None else {"seq_idx": seq_idx.to(torch.int32).contiguous()}
     return _ssd_fn(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
                    initial_states=initial_states, dt_softplus=dt_softplus,
-                   dt_limit=tuple(dt_limit), return_final_states=return_final_states)
+                   dt_limit=tuple(dt_limit), return_final_states=return_final_states, **kw)
 
 
-def causal_conv1d_cuda(x, weight, bias=None, activation=None, initial_states=None):
+def causal_conv1d_cuda(x, weight, bias=None, activation=None, initial_states=None, seq_idx=None):
     """``causal_conv1d.causal_conv1d_fn``; x (batch, dim, L), weight (dim, width)."""
     width = weight.shape[1]
-    if not 2 <= width <= 4 or x.dtype not in _HALF_OR_FLOAT:
+    if (not 2 <= width <= 4 or x.dtype not in _HALF_OR_FLOAT
+            or (seq_idx is not None and initial_states is not None)):
         return _fallback("causal_conv1d", x, weight, bias=bias, activation=activation,
-                         initial_states=initial_states)
+                         initial_states=initial_states, seq_idx=seq_idx)
+    if seq_idx is not None:  # the kernel takes seq_idx only with channel-last x
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+        return _conv_fn(x, weight, bias=bias, seq_idx=seq_idx.to(torch.int32).contiguous(),
+                        activation=activation)
     if initial_states is not None:
         # the kernel takes initial states only with channel-last x (stride(1) == 1)
         x = x.transpose(1, 2).contiguous().transpose(1, 2)

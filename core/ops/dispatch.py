@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 from typing import Callable, Dict, List, Optional
 
 import torch
 
 from . import reference
+from .varlen import check_seq_idx
 
 # op name -> backend name -> (implementation, predicate(tensor) -> can run)
 _REGISTRY: Dict[str, Dict[str, tuple]] = {
@@ -63,44 +65,73 @@ def resolve_backend(op: str, backend: str, tensor: torch.Tensor) -> str:
     return "reference"
 
 
+def _takes_seq_idx(op: str, name: str) -> bool:
+    """Whether backend ``name`` of ``op`` accepts ``seq_idx`` (read from its signature)."""
+    try:
+        return "seq_idx" in inspect.signature(_REGISTRY[op][name][0]).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _pick(op: str, backend: str, tensor: torch.Tensor, seq_idx) -> tuple:
+    """(implementation, extra kwargs): :func:`resolve_backend`, but with ``seq_idx`` only
+    backends that take it (never one that would ignore it)."""
+    name = resolve_backend(op, backend, tensor)
+    if seq_idx is None:
+        return _REGISTRY[op][name][0], {}
+    if not _takes_seq_idx(op, name):
+        ok = [n for n in available_backends(op) if _takes_seq_idx(op, n)]
+        if backend != "auto":
+            raise ValueError(f"{op}: backend {name!r} does not support seq_idx (packed sequences); "
+                             f"backends that do: {ok}")
+        name = next((n for n in ok if _REGISTRY[op][n][1](tensor)
+                     and (n != "triton" or tensor.is_cuda)), "reference")
+    return _REGISTRY[op][name][0], {"seq_idx": seq_idx}
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, initial_state=None, backend="auto"):
+                   return_last_state=False, initial_state=None, seq_idx=None, backend="auto"):
     """Mamba-1 selective scan (``selective_scan_fn`` semantics).
 
     Shapes: ``u, delta, z``: (batch, dim, L); ``A``: (dim, N); ``B, C``:
     (batch, N, L) or grouped (batch, G, N, L); ``D, delta_bias``: (dim,);
-    ``initial_state``: (batch, dim, N). Returns out (batch, dim, L) and, with
-    ``return_last_state``, the last state (batch, dim, N).
+    ``initial_state``: (batch, dim, N); ``seq_idx``: (batch, L) int32, packed
+    sequences (the state restarts from zero wherever it changes; ``initial_state``
+    belongs to the first sequence, the last state to the last one). Returns out
+    (batch, dim, L) and, with ``return_last_state``, the last state (batch, dim, N).
     """
-    name = resolve_backend("selective_scan", backend, u)
-    fn = _REGISTRY["selective_scan"][name][0]
+    fn, kw = _pick("selective_scan", backend, u, seq_idx)
     return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-              return_last_state=return_last_state, initial_state=initial_state)
+              return_last_state=return_last_state, initial_state=initial_state, **kw)
 
 
 def ssd_scan(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
              initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf")),
-             backend="auto"):
+             seq_idx=None, backend="auto"):
     """Mamba-2 SSD scan (``mamba_chunk_scan_combined`` semantics).
 
     Shapes: ``x``: (batch, L, heads, headdim); ``dt``: (batch, L, heads);
     ``A``: (heads,); ``B, C``: (batch, L, groups, N); ``D``: (heads,) or
     (heads, headdim); ``z``: like ``x``; ``initial_states``: (batch, heads,
-    headdim, N). Returns out like ``x`` and, with ``return_final_states``, the
-    final states (batch, heads, headdim, N).
+    headdim, N); ``seq_idx``: (batch, L) int32, packed sequences (states restart
+    wherever it changes). Returns out like ``x`` and, with ``return_final_states``,
+    the final states (batch, heads, headdim, N).
     """
-    name = resolve_backend("ssd_scan", backend, x)
-    fn = _REGISTRY["ssd_scan"][name][0]
+    fn, kw = _pick("ssd_scan", backend, x, seq_idx)
     return fn(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
               dt_softplus=dt_softplus, initial_states=initial_states,
-              return_final_states=return_final_states, dt_limit=dt_limit)
+              return_final_states=return_final_states, dt_limit=dt_limit, **kw)
 
 
-def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, backend="auto"):
-    """Depthwise causal conv: ``x`` (batch, dim, L), ``weight`` (dim, width) -> (batch, dim, L)."""
-    name = resolve_backend("causal_conv1d", backend, x)
-    return _REGISTRY["causal_conv1d"][name][0](x, weight, bias=bias, activation=activation,
-                                               initial_states=initial_states)
+def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, seq_idx=None,
+                  backend="auto"):
+    """Depthwise causal conv: ``x`` (batch, dim, L), ``weight`` (dim, width) -> (batch, dim, L).
+
+    ``initial_states`` (batch, dim, width - 1): the inputs before ``x``. ``seq_idx``
+    (batch, L) int32, packed sequences: an output never sees inputs of another sequence.
+    """
+    fn, kw = _pick("causal_conv1d", backend, x, seq_idx)
+    return fn(x, weight, bias=bias, activation=activation, initial_states=initial_states, **kw)
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend="auto"):
@@ -110,21 +141,27 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, back
                                                       activation=activation)
 
 
-def _conv_torch(x, weight, bias=None, activation=None, initial_states=None):
-    # CPU: a sum over the few taps (torch's depthwise conv1d backward on CPU is
-    # ~50x slower than these elementwise ops); elsewhere one grouped conv call.
+def _conv_torch(x, weight, bias=None, activation=None, initial_states=None, seq_idx=None):
+    # CPU (and packed sequences anywhere): a sum over the few taps (torch's depthwise
+    # conv1d backward on CPU is ~50x slower than these elementwise ops); elsewhere
+    # one grouped conv call.
     width = weight.shape[1]
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
-    if x.device.type == "cpu":
-        L = x.shape[-1]
+    if x.device.type == "cpu" or seq_idx is not None:
+        batch, L = x.shape[0], x.shape[-1]
         pad = (initial_states.to(x.dtype) if initial_states is not None
                else x.new_zeros(x.shape[0], x.shape[1], width - 1))
         xp = torch.cat([pad, x], dim=-1)
         w = weight.to(x.dtype)
+        if seq_idx is not None:  # tap k sees an input of the same sequence only
+            sq = check_seq_idx(seq_idx, batch, L)
+            sp = torch.cat([sq[:, :1].expand(batch, width - 1), sq], dim=1)
+            masks = [(sp[:, k:k + L] == sq)[:, None].to(x.dtype) for k in range(width - 1)]
         out = xp[..., width - 1:] * w[:, width - 1, None]
         for k in range(width - 1):
-            out = out + xp[..., k:k + L] * w[:, k, None]
+            tap = xp[..., k:k + L] * w[:, k, None]
+            out = out + (tap * masks[k] if seq_idx is not None else tap)
         if bias is not None:
             out = out + bias.to(x.dtype)[:, None]
         return torch.nn.functional.silu(out) if activation else out

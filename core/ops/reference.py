@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .varlen import check_seq_idx, keep_mask
+
 
 def _expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
     """(batch, N, L) or (batch, G, N, L) -> (batch, dim, N, L) (a broadcastable view)."""
@@ -22,7 +24,8 @@ def _expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                       delta_softplus=False, return_last_state=False, initial_state=None):
+                       delta_softplus=False, return_last_state=False, initial_state=None,
+                       seq_idx=None):
     """Mamba-1 selective scan, one time step after another.
 
     Args:
@@ -32,6 +35,8 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
             time-invariant B/C.
         D: (dim,) skip connection. z: (batch, dim, L) gate (``y * silu(z)``).
         delta_bias: (dim,). initial_state: (batch, dim, N).
+        seq_idx: (batch, L) int, packed sequences: the state restarts from zero
+            wherever ``seq_idx`` changes; ``initial_state`` belongs to the first.
     Returns:
         out (batch, dim, L) in ``u.dtype``; with ``return_last_state`` also the
         last state (batch, dim, N).
@@ -57,10 +62,14 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         Cx = _expand_groups(C.to(work), dim)
     x = (initial_state.to(work) if initial_state is not None
          else u_.new_zeros(batch, dim, N))
+    keep = _keeps(seq_idx, batch, L, work)
     ys = []
     # unbind rather than index per step: the backward of indexing writes a full
     # zero tensor per step, which makes long sequences quadratic
-    for dt_t, u_t, B_t, C_t in zip(dt.unbind(-1), u_.unbind(-1), Bx.unbind(-1), Cx.unbind(-1)):
+    for t, (dt_t, u_t, B_t, C_t) in enumerate(zip(dt.unbind(-1), u_.unbind(-1), Bx.unbind(-1),
+                                                  Cx.unbind(-1))):
+        if keep is not None:
+            x = x * keep[t][:, None, None]
         dA = torch.exp(dt_t[..., None] * A_)                          # (batch, dim, N)
         x = dA * x + (dt_t * u_t)[..., None] * B_t
         ys.append((x * C_t).sum(-1))
@@ -75,7 +84,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 
 def ssd_scan_ref(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None,
                  dt_softplus=False, initial_states=None, return_final_states=False,
-                 dt_limit=(0.0, float("inf"))):
+                 dt_limit=(0.0, float("inf")), seq_idx=None):
     """Mamba-2 (SSD) scan, one time step after another.
 
     Args:
@@ -83,6 +92,7 @@ def ssd_scan_ref(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None,
         B, C: (batch, L, groups, N). D: (heads,) or (heads, headdim).
         z: (batch, L, heads, headdim). dt_bias: (heads,).
         initial_states: (batch, heads, headdim, N).
+        seq_idx: (batch, L) int, packed sequences (states restart where it changes).
         chunk_size: accepted for signature compatibility; the result does not
             depend on it.
     Returns:
@@ -108,8 +118,12 @@ def ssd_scan_ref(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None,
     A_ = A.to(work)
     s = (initial_states.to(work) if initial_states is not None
          else x_.new_zeros(batch, H, P, N))
+    keep = _keeps(seq_idx, batch, L, work)
     ys = []
-    for dt_t, x_t, B_t, C_t in zip(dt_.unbind(1), x_.unbind(1), Bh.unbind(1), Ch.unbind(1)):
+    for t, (dt_t, x_t, B_t, C_t) in enumerate(zip(dt_.unbind(1), x_.unbind(1), Bh.unbind(1),
+                                                  Ch.unbind(1))):
+        if keep is not None:
+            s = s * keep[t][:, None, None, None]
         dA = torch.exp(dt_t * A_)                                     # (batch, H)
         s = dA[..., None, None] * s + (dt_t[..., None] * x_t)[..., None] * B_t[:, :, None, :]
         ys.append((s * C_t[:, :, None, :]).sum(-1))
@@ -123,13 +137,15 @@ def ssd_scan_ref(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None,
     return (out, s) if return_final_states else out
 
 
-def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_states=None):
+def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_states=None, seq_idx=None):
     """Depthwise causal 1-D convolution, written out tap by tap.
 
     Args:
         x: (batch, dim, L). weight: (dim, width). bias: (dim,).
         activation: None, "silu" or "swish".
         initial_states: (batch, dim, width - 1), the inputs before ``x``.
+        seq_idx: (batch, L) int, packed sequences: output t only sees inputs with
+            the same ``seq_idx``; ``initial_states`` belong to the first sequence.
     Returns:
         (batch, dim, L) in ``x.dtype``.
     """
@@ -140,12 +156,24 @@ def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_states=None
     pad = (initial_states.to(x.dtype) if initial_states is not None
            else x.new_zeros(batch, dim, width - 1))
     xp = torch.cat([pad, x], dim=-1)
-    out = sum(weight[:, k, None] * xp[:, :, k:k + L] for k in range(width))
+    taps = [weight[:, k, None] * xp[:, :, k:k + L] for k in range(width)]
+    if seq_idx is not None:
+        sq = check_seq_idx(seq_idx, batch, L)
+        sp = torch.cat([sq[:, :1].expand(batch, width - 1), sq], dim=1)
+        taps = [tap * (sp[:, k:k + L] == sq)[:, None].to(x.dtype) for k, tap in enumerate(taps)]
+    out = sum(taps)
     if bias is not None:
         out = out + bias[:, None]
     if activation is not None:
         out = F.silu(out)
     return out.to(x.dtype)
+
+
+def _keeps(seq_idx, batch, L, dtype):
+    """Per step (batch,) multipliers of the previous state: 0 where a new sequence starts."""
+    if seq_idx is None:
+        return None
+    return keep_mask(check_seq_idx(seq_idx, batch, L)).to(dtype).unbind(1)
 
 
 def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None):

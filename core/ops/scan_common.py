@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .varlen import check_seq_idx
+
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp16/bf16 inputs are computed (and accumulated) in fp32."""
@@ -68,11 +70,13 @@ def check_scan_args(u, delta, A, B, C, initial_state):
 
 
 def selective_scan_with(core, u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                        delta_softplus=False, return_last_state=False, initial_state=None):
-    """``selective_scan_fn`` semantics around ``core(u, dt, A, B, C, h0) -> (y, h_last)``.
+                        delta_softplus=False, return_last_state=False, initial_state=None,
+                        seq_idx=None):
+    """``selective_scan_fn`` semantics around ``core(u, dt, A, B, C, h0, seq_idx) -> (y, h_last)``.
 
-    ``core`` gets tensors in the working dtype (fp32 for half inputs) and
-    ``h0`` may be None. Returns out (batch, dim, L) in ``u.dtype`` and, with
+    ``core`` gets tensors in the working dtype (fp32 for half inputs); ``h0``
+    may be None, ``seq_idx`` is None or a contiguous (batch, L) int32 tensor
+    (the state restarts from zero wherever it changes). Returns out (batch, dim, L) in ``u.dtype`` and, with
     ``return_last_state``, the last state (batch, dim, N) in the working dtype.
     """
     check_scan_args(u, delta, A, B, C, initial_state)
@@ -84,7 +88,8 @@ def selective_scan_with(core, u, delta, A, B, C, D=None, z=None, delta_bias=None
     if delta_softplus:
         dt = F.softplus(dt)
     h0 = initial_state.to(work) if initial_state is not None else None
-    y, last = core(u_, dt, A.to(work), B.to(work), C.to(work), h0)
+    sq = check_seq_idx(seq_idx, u.shape[0], u.shape[2]) if seq_idx is not None else None
+    y, last = core(u_, dt, A.to(work), B.to(work), C.to(work), h0, sq)
     if D is not None:
         y = y + u_ * D.to(work)[:, None]
     if z is not None:
@@ -142,7 +147,8 @@ def check_ssd_args(x, dt, A, B, C, initial_states):
 
 
 def ssd_scan_with(core, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-                  initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf"))):
+                  initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf")),
+                  seq_idx=None):
     """``mamba_chunk_scan_combined`` semantics on a Mamba-1 ``core`` (see :func:`selective_scan_with`).
 
     SSD is the Mamba-1 recurrence over dim = heads*headdim channels with A and
@@ -160,6 +166,7 @@ def ssd_scan_with(core, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplu
     A2 = A.to(work)[:, None, None].expand(H, P, N).reshape(H * P, N)
     Bm, Cm = B.to(work).permute(0, 2, 3, 1), C.to(work).permute(0, 2, 3, 1)   # (batch, G, N, L)
     h0 = initial_states.to(work).reshape(batch, H * P, N) if initial_states is not None else None
-    y, last = core(u, delta, A2, Bm, Cm, h0)
+    sq = check_seq_idx(seq_idx, batch, L) if seq_idx is not None else None
+    y, last = core(u, delta, A2, Bm, Cm, h0, sq)
     y = y.reshape(batch, H, P, L).permute(0, 3, 1, 2)
     return ssd_epilogue(y, x_, D, z, dtype_in, last.reshape(batch, H, P, N), return_final_states)

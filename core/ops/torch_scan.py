@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .dispatch import register_backend
 from .scan_common import check_ssd_args, selective_scan_with, ssd_epilogue, ssd_prologue
+from .varlen import check_seq_idx, keep_mask
 
 _BLOCK = 256   # time steps per checkpointed block
 _SUB = 16      # steps per chunk inside a block
@@ -37,13 +38,19 @@ def _group_view(M, batch, G, dg):
     return M[:, :, None]
 
 
-def _block(u, dt, A, Bx, Cx, h):
-    """One block: u, dt (b, G, dg, T); A (G, dg, N); Bx, Cx like _group_view; h (b, G, dg, N)."""
+def _block(u, dt, A, Bx, Cx, h, keep=None):
+    """One block: u, dt (b, G, dg, T); A (G, dg, N); Bx, Cx like _group_view; h (b, G, dg, N).
+
+    ``keep`` (b, 1, 1, T) float or None: 0 where a packed sequence starts (the
+    state entering that step is dropped), 1 elsewhere.
+    """
     T = u.shape[-1]
     nk = -(-T // _SUB)
     pad = nk * _SUB - T
     if pad:  # dt = 0 and u = 0: the state passes through unchanged
         u, dt = F.pad(u, (0, pad)), F.pad(dt, (0, pad))
+        if keep is not None:
+            keep = F.pad(keep, (0, pad), value=1.0)
         if Bx.shape[-2] > 1:
             Bx = F.pad(Bx, (0, 0, 0, pad))
         if Cx.shape[-2] > 1:
@@ -52,6 +59,10 @@ def _block(u, dt, A, Bx, Cx, h):
     dtc = dt.reshape(shp)
     Ae = A[:, :, None, None, :]
     dA = torch.exp(dtc[..., None] * Ae)                                 # (b,G,dg,nk,k,N)
+    if keep is not None:
+        kc = keep.reshape(keep.shape[:3] + (nk, _SUB))
+        dA = dA * kc[..., None]
+        alive = kc.cumprod(-1)[..., None]  # 0 from a chunk's first restart on: no carry-in
     Bc = Bx.reshape(Bx.shape[:3] + ((nk, _SUB) if Bx.shape[-2] > 1 else (1, 1)) + Bx.shape[-1:])
     Cc = Cx.reshape(Cx.shape[:3] + ((nk, _SUB) if Cx.shape[-2] > 1 else (1, 1)) + Cx.shape[-1:])
     xin = (dtc * u.reshape(shp))[..., None] * Bc
@@ -62,6 +73,8 @@ def _block(u, dt, A, Bx, Cx, h):
         hs.append(hl)
     hl = torch.stack(hs, dim=-2)                                        # (b,G,dg,nk,k,N)
     P = torch.exp(dtc.cumsum(-1)[..., None] * Ae)                       # decay from chunk start
+    if keep is not None:
+        P = P * alive
     Hin = []
     for P_c, h_c in zip(P[..., -1, :].unbind(3), hs[-1].unbind(3)):
         Hin.append(h)                         # carry over chunk boundaries
@@ -71,8 +84,11 @@ def _block(u, dt, A, Bx, Cx, h):
     return y.reshape(shp[:3] + (nk * _SUB,))[..., :T], h
 
 
-def torch_scan_core(u, dt, A, B, C, h0):
-    """Core recurrence (see scan_common): u, dt (batch, dim, L) -> (y, last state)."""
+def torch_scan_core(u, dt, A, B, C, h0, seq_idx=None):
+    """Core recurrence (see scan_common): u, dt (batch, dim, L) -> (y, last state).
+
+    ``seq_idx`` (batch, L) int or None: the state restarts where it changes.
+    """
     batch, dim, L = u.shape
     N = A.shape[1]
     G = 1
@@ -89,12 +105,14 @@ def torch_scan_core(u, dt, A, B, C, h0):
          else u.new_zeros(batch, G, dg, N))
     use_ckpt = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, dt, A, B, C, h0))
+    keep = (keep_mask(check_seq_idx(seq_idx, batch, L)).to(u.dtype)[:, None, None]
+            if seq_idx is not None else None)                          # (batch, 1, 1, L)
     ys = []
     for t0 in range(0, L, _BLOCK):
         sl = slice(t0, min(L, t0 + _BLOCK))
         Bb = Bx[..., sl, :] if Bx.shape[-2] > 1 else Bx
         Cb = Cx[..., sl, :] if Cx.shape[-2] > 1 else Cx
-        args = (u5[..., sl], dt5[..., sl], A3, Bb, Cb, h)
+        args = (u5[..., sl], dt5[..., sl], A3, Bb, Cb, h, None if keep is None else keep[..., sl])
         y, h = checkpoint(_block, *args, use_reentrant=False) if use_ckpt else _block(*args)
         ys.append(y)
     y = torch.cat(ys, dim=-1) if len(ys) > 1 else ys[0]
@@ -102,11 +120,11 @@ def torch_scan_core(u, dt, A, B, C, h0):
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         return_last_state=False, initial_state=None):
+                         return_last_state=False, initial_state=None, seq_idx=None):
     """``selective_scan_fn`` in pure torch (any device). Shapes as :func:`core.ops.selective_scan`."""
     return selective_scan_with(torch_scan_core, u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                delta_softplus=delta_softplus, return_last_state=return_last_state,
-                               initial_state=initial_state)
+                               initial_state=initial_state, seq_idx=seq_idx)
 
 
 def _segsum_exp(a):
@@ -120,8 +138,13 @@ def _segsum_exp(a):
 
 
 def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-                   initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf"))):
-    """``mamba_chunk_scan_combined`` in pure torch, chunked dual form. Shapes as :func:`core.ops.ssd_scan`."""
+                   initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf")),
+                   seq_idx=None):
+    """``mamba_chunk_scan_combined`` in pure torch, chunked dual form. Shapes as :func:`core.ops.ssd_scan`.
+
+    With ``seq_idx`` (batch, L) the decays between positions of different
+    sequences are zero (as mamba_ssm masks them), so states restart at each boundary.
+    """
     check_ssd_args(x, dt, A, B, C, initial_states)
     dtype_in = x.dtype
     x_, dt_, work = ssd_prologue(x, dt, dt_bias, dt_softplus, dt_limit)
@@ -139,6 +162,16 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, 
     a = a.reshape(batch, nc, Q, G, hpg).permute(0, 1, 3, 4, 2)        # (b, c, G, hpg, Q)
     acs = a.cumsum(-1)
     Lm = _segsum_exp(a)                                                # (b, c, G, hpg, Q, Q)
+    if seq_idx is not None:
+        sq = check_seq_idx(seq_idx, batch, L)
+        if pad:  # the padding continues the last sequence: no boundary in it
+            sq = torch.cat([sq, sq[:, -1:].expand(batch, pad)], dim=1)
+        sq = sq.reshape(batch, nc, Q)
+        # the state entering chunk c belongs to the sequence at its previous position
+        prev = torch.cat([sq[:, :1, 0], sq[:, :-1, -1]], dim=1)       # (b, c)
+        same = (sq[..., :, None] == sq[..., None, :]).to(work)         # (b, c, Q, Q)
+        Lm = Lm * same[:, :, None, None]
+        carry = (sq == prev[..., None]).to(work)                       # (b, c, Q): entering state reaches t
     Bc = Bw.reshape(batch, nc, Q, G, N).transpose(2, 3)                # (b, c, G, Q, N)
     Cc = Cw.reshape(batch, nc, Q, G, N).transpose(2, 3)
     X = xdt.reshape(batch, nc, Q, G, hpg, P).permute(0, 1, 3, 4, 2, 5).contiguous()  # (b,c,G,hpg,Q,P)
@@ -150,6 +183,8 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, 
     Xs = (Xq * Lm[..., -1, :].transpose(-1, -2)[..., None]).reshape(batch, nc, G, Q, hpg * P)
     S = Bc.transpose(-1, -2) @ Xs                                      # (b, c, G, N, hpg*P)
     decay = torch.exp(acs[..., -1]).repeat_interleave(P, dim=-1)       # (b, c, G, hpg*P)
+    if seq_idx is not None:
+        decay = decay * carry[:, :, -1, None, None]
     s = (initial_states.to(work).reshape(batch, G, hpg, P, N).permute(0, 1, 4, 2, 3)
          .reshape(batch, G, N, hpg * P) if initial_states is not None
          else x_.new_zeros(batch, G, N, hpg * P))
@@ -158,7 +193,10 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, 
         states.append(s)
         s = decay[:, c, :, None, :] * s + S[:, c]
     Sin = torch.stack(states, dim=1)                                   # state entering each chunk
-    Yo = (Cc @ Sin).reshape(batch, nc, G, Q, hpg, P) * torch.exp(acs).transpose(-1, -2)[..., None]
+    dec_in = torch.exp(acs).transpose(-1, -2)[..., None]               # (b, c, G, Q, hpg, 1)
+    if seq_idx is not None:
+        dec_in = dec_in * carry[:, :, None, :, None, None]
+    Yo = (Cc @ Sin).reshape(batch, nc, G, Q, hpg, P) * dec_in
     y = (Y.transpose(3, 4) + Yo).permute(0, 1, 3, 2, 4, 5).reshape(batch, nc * Q, H, P)[:, :L]
     s = s.reshape(batch, G, N, hpg, P).permute(0, 1, 3, 4, 2).reshape(batch, H, P, N)
     return ssd_epilogue(y, x_, D, z, dtype_in, s, return_final_states)

@@ -35,9 +35,10 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _fwd(u, dt, A, B, C, h0, y, last, ckpt, dim, L, N, nc, per_gb, per_gc,
+def _fwd(u, dt, A, B, C, h0, y, last, ckpt, sidx, dim, L, N, nc, per_gb, per_gc,
          sb_b, sb_g, sb_t, sc_b, sc_g, sc_t,
-         K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_H0: tl.constexpr):
+         K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_H0: tl.constexpr,
+         HAS_SEQ: tl.constexpr):
     b = tl.program_id(0)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
@@ -60,15 +61,19 @@ def _fwd(u, dt, A, B, C, h0, y, last, ckpt, dim, L, N, nc, per_gb, per_gc,
             u_t = tl.load(u + ch * L + t, mask=tm, other=0.0)
             Bt = tl.load(Bp + t * sb_t, mask=tm[:, None] & nm[None, :], other=0.0)
             Ct = tl.load(Cp + t * sc_t, mask=tm[:, None] & nm[None, :], other=0.0)
+            if HAS_SEQ:  # a new packed sequence starts from a zero state (t > 0, seq_idx changes)
+                s_t = tl.load(sidx + b * L + t + d * 0, mask=tm, other=0)
+                s_p = tl.load(sidx + b * L + t - 1 + d * 0, mask=tm & (d * 0 + t > 0), other=0)
+                h = tl.where(((s_t == s_p) | (d * 0 + t == 0))[:, None], h, 0.0)
             h = tl.exp(dt_t[:, None] * Ad) * h + (dt_t * u_t)[:, None] * Bt
             tl.store(y + ch * L + t, tl.sum(h * Ct, axis=1), mask=tm)
     tl.store(last + ch[:, None] * N + n[None, :], h, mask=m2)
 
 
-def _bwd(u, dt, A, B, C, ckpt, scratch, gy, glast, gu, gdt, gA, gB, gC, gh0,
+def _bwd(u, dt, A, B, C, ckpt, scratch, gy, glast, gu, gdt, gA, gB, gC, gh0, sidx,
          dim, L, N, nc, per_gb, per_gc, sb_b, sb_g, sb_t, sc_b, sc_g, sc_t,
          K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-         HAS_GLAST: tl.constexpr):
+         HAS_GLAST: tl.constexpr, HAS_SEQ: tl.constexpr):
     b = tl.program_id(0)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
@@ -90,6 +95,10 @@ def _bwd(u, dt, A, B, C, ckpt, scratch, gy, glast, gu, gdt, gA, gB, gC, gh0,
         for i in range(K):                       # recompute: scratch[i] = h_{t-1}
             t = c * K + i
             tm = dm & ((d * 0 + t) < L)  # vector compare (the interpreter dislikes scalar masks)
+            if HAS_SEQ:
+                s_t = tl.load(sidx + b * L + t + d * 0, mask=tm, other=0)
+                s_p = tl.load(sidx + b * L + t - 1 + d * 0, mask=tm & (d * 0 + t > 0), other=0)
+                h = tl.where(((s_t == s_p) | (d * 0 + t == 0))[:, None], h, 0.0)
             tl.store(sp + i * N, h, mask=m2)
             dt_t = tl.load(dt + ch * L + t, mask=tm, other=0.0)
             u_t = tl.load(u + ch * L + t, mask=tm, other=0.0)
@@ -117,7 +126,12 @@ def _bwd(u, dt, A, B, C, ckpt, scratch, gy, glast, gu, gdt, gA, gB, gC, gh0,
             tl.store(gu + ch * L + t, sB * dt_t, mask=tm)
             tl.store(gdt + ch * L + t, sB * u_t + tl.sum(q * Ad, axis=1), mask=tm)
             gAc += q * dt_t[:, None]
-            gh = tl.where(t2, gn * da, gh)       # padded steps leave the carry alone
+            gprev = gn * da
+            if HAS_SEQ:  # the state before a sequence start was dropped: no gradient
+                s_t = tl.load(sidx + b * L + t + d * 0, mask=tm, other=0)
+                s_p = tl.load(sidx + b * L + t - 1 + d * 0, mask=tm & (d * 0 + t > 0), other=0)
+                gprev = tl.where(((s_t == s_p) | (d * 0 + t == 0))[:, None], gprev, 0.0)
+            gh = tl.where(t2, gprev, gh)         # padded steps leave the carry alone
     tl.store(gA + ch[:, None] * N + n[None, :], gAc, mask=m2)
     tl.store(gh0 + ch[:, None] * N + n[None, :], gh, mask=m2)
 
@@ -139,7 +153,7 @@ def _launch_shape(dim, N, L):
 
 class _TritonScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, h0):
+    def forward(ctx, u, dt, A, B, C, h0, seq_idx):
         fwd, _ = _get()
         u, dt, A = u.contiguous(), dt.contiguous(), A.contiguous()
         batch, dim, L = u.shape
@@ -152,9 +166,12 @@ class _TritonScan(torch.autograd.Function):
         y, last = torch.empty_like(u), u.new_empty(batch, dim, N)
         ckpt = u.new_empty(batch, dim, nc, N)
         grid = (batch, -(-dim // BLOCK_D))
-        fwd[grid](u, dt, A, B2, C2, h0c, y, last, ckpt, dim, L, N, nc, dim // Gb, dim // Gc,
-                  *sb, *sc, K=K, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, HAS_H0=h0 is not None)
+        sq = seq_idx if seq_idx is not None else u
+        fwd[grid](u, dt, A, B2, C2, h0c, y, last, ckpt, sq, dim, L, N, nc, dim // Gb, dim // Gc,
+                  *sb, *sc, K=K, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, HAS_H0=h0 is not None,
+                  HAS_SEQ=seq_idx is not None)
         ctx.save_for_backward(u, dt, A, B, C, ckpt)  # not B2/C2: re-laid out in backward
+        ctx.seq_idx = seq_idx
         ctx.meta = (Gb, Gc, sb, sc, K, BLOCK_D, BLOCK_N, B.dim(), C.dim(), h0 is not None)
         return y, last
 
@@ -173,35 +190,37 @@ class _TritonScan(torch.autograd.Function):
         gB, gC = torch.zeros_like(B2), torch.zeros_like(C2)
         scratch = u.new_empty(batch, dim, K, N)
         grid = (batch, -(-dim // BLOCK_D))
-        bwd[grid](u, dt, A, B2, C2, ckpt, scratch, gy, gl, gu, gdt, gA, gB, gC, gh0,
+        sq = ctx.seq_idx if ctx.seq_idx is not None else u
+        bwd[grid](u, dt, A, B2, C2, ckpt, scratch, gy, gl, gu, gdt, gA, gB, gC, gh0, sq,
                   dim, L, N, nc, dim // Gb, dim // Gc, *sb, *sc, K=K, BLOCK_D=BLOCK_D,
-                  BLOCK_N=BLOCK_N, HAS_GLAST=glast is not None)
+                  BLOCK_N=BLOCK_N, HAS_GLAST=glast is not None, HAS_SEQ=ctx.seq_idx is not None)
         gB = gB if bdim == 2 else gB.transpose(-1, -2)
         gC = gC if cdim == 2 else gC.transpose(-1, -2)
-        return gu, gdt, gA.sum(0), gB, gC, (gh0 if has_h0 else None)
+        return gu, gdt, gA.sum(0), gB, gC, (gh0 if has_h0 else None), None
 
 
-def _triton_core(u, dt, A, B, C, h0):
-    return _TritonScan.apply(u, dt, A, B, C, h0)
+def _triton_core(u, dt, A, B, C, h0, seq_idx=None):
+    return _TritonScan.apply(u, dt, A, B, C, h0, seq_idx)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          return_last_state=False, initial_state=None):
+                          return_last_state=False, initial_state=None, seq_idx=None):
     """``selective_scan_fn`` with our Triton kernels. Shapes as :func:`core.ops.selective_scan`."""
     return selective_scan_with(_triton_core, u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                delta_softplus=delta_softplus, return_last_state=return_last_state,
-                               initial_state=initial_state)
+                               initial_state=initial_state, seq_idx=seq_idx)
 
 
 def ssd_scan_triton(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-                    initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf"))):
+                    initial_states=None, return_final_states=False, dt_limit=(0.0, float("inf")),
+                    seq_idx=None):
     """``mamba_chunk_scan_combined`` on the Triton selective-scan kernels (heads*headdim channels).
 
     Shapes as :func:`core.ops.ssd_scan`; ``chunk_size`` does not change the result.
     """
     return ssd_scan_with(_triton_core, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
                          initial_states=initial_states, return_final_states=return_final_states,
-                         dt_limit=dt_limit)
+                         dt_limit=dt_limit, seq_idx=seq_idx)
 
 
 def can_run(t: torch.Tensor) -> bool:

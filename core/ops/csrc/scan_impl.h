@@ -6,6 +6,8 @@
  *   B, C: element (b, g, t, n) at b*s_b + g*s_g + t*s_t + n, g = d / (dim / Gb);
  *         a time-invariant B is Gb = dim, s_b = s_t = 0 (same for C with Gc).
  *   ckpt: (batch, dim, nchunks, N), the state *before* each chunk of K steps.
+ *   sidx: (batch, L) int32 seq_idx or NULL: the state restarts from zero at every t > 0
+ *         with sidx[t] != sidx[t-1] (packed sequences).
  * Channels (b, d) are flattened to ch = b*dim + d; a call handles [ch0, ch1) so
  * Python threads can split the work (ctypes releases the GIL).
  */
@@ -15,7 +17,7 @@ void FN(ss_fwd)(int64_t dim, int64_t L, int64_t N, int64_t Gb, int64_t Gc,
                 const REAL *B, int64_t sb_b, int64_t sb_g, int64_t sb_t,
                 const REAL *C, int64_t sc_b, int64_t sc_g, int64_t sc_t,
                 const REAL *h0, REAL *y, REAL *hlast, REAL *ckpt, int64_t K,
-                int64_t ch0, int64_t ch1) {
+                const int32_t *sidx, int64_t ch0, int64_t ch1) {
     int64_t nc = (L + K - 1) / K;
     int64_t pgb = dim / Gb, pgc = dim / Gc;
     REAL *h = (REAL *)malloc(sizeof(REAL) * N);
@@ -24,8 +26,11 @@ void FN(ss_fwd)(int64_t dim, int64_t L, int64_t N, int64_t Gb, int64_t Gc,
         const REAL *uc = u + ch * L, *dtc = dt + ch * L, *Ad = A + d * N;
         const REAL *Bc = B + b * sb_b + gb * sb_g, *Cc = C + b * sc_b + gc * sc_g;
         REAL *yc = y + ch * L;
+        const int32_t *sc = sidx ? sidx + b * L : NULL;
         for (int64_t n = 0; n < N; ++n) h[n] = h0 ? h0[ch * N + n] : (REAL)0;
         for (int64_t t = 0; t < L; ++t) {
+            if (sc && t > 0 && sc[t] != sc[t - 1])
+                for (int64_t n = 0; n < N; ++n) h[n] = 0;
             if (ckpt && t % K == 0) {
                 REAL *ck = ckpt + (ch * nc + t / K) * N;
                 for (int64_t n = 0; n < N; ++n) ck[n] = h[n];
@@ -55,7 +60,7 @@ void FN(ss_bwd)(int64_t dim, int64_t L, int64_t N, int64_t Gb, int64_t Gc,
                 const REAL *C, int64_t sc_b, int64_t sc_g, int64_t sc_t,
                 const REAL *ckpt, int64_t K, const REAL *gy, const REAL *ghlast,
                 REAL *gu, REAL *gdt, REAL *gA, REAL *gB, REAL *gC, REAL *gh0,
-                int64_t ch0, int64_t ch1) {
+                const int32_t *sidx, int64_t ch0, int64_t ch1) {
     int64_t nc = (L + K - 1) / K;
     int64_t pgb = dim / Gb, pgc = dim / Gc;
     REAL *hs = (REAL *)malloc(sizeof(REAL) * (K + 1) * N);
@@ -68,6 +73,7 @@ void FN(ss_bwd)(int64_t dim, int64_t L, int64_t N, int64_t Gb, int64_t Gc,
         const REAL *Bc = B + b * sb_b + gb * sb_g, *Cc = C + b * sc_b + gc * sc_g;
         REAL *gBc = gB + b * sb_b + gb * sb_g, *gCc = gC + b * sc_b + gc * sc_g;
         REAL *guc = gu + ch * L, *gdtc = gdt + ch * L;
+        const int32_t *sc = sidx ? sidx + b * L : NULL;
         for (int64_t n = 0; n < N; ++n) {
             gh[n] = ghlast ? ghlast[ch * N + n] : (REAL)0;
             gAc[n] = 0;
@@ -81,9 +87,10 @@ void FN(ss_bwd)(int64_t dim, int64_t L, int64_t N, int64_t Gb, int64_t Gc,
                 const REAL d_t = dtc[t], x_t = d_t * uc[t];
                 const REAL *Bt = Bc + t * sb_t;
                 REAL *hp = hs + i * N, *hn = hs + (i + 1) * N, *da = das + i * N;
+                const REAL keep = (sc && t > 0 && sc[t] != sc[t - 1]) ? (REAL)0 : (REAL)1;
                 for (int64_t n = 0; n < N; ++n) {
                     da[n] = EXP(d_t * Ad[n]);
-                    hn[n] = da[n] * hp[n] + x_t * Bt[n];
+                    hn[n] = da[n] * keep * hp[n] + x_t * Bt[n];
                 }
             }
             for (int64_t i = len - 1; i >= 0; --i) {
@@ -92,16 +99,18 @@ void FN(ss_bwd)(int64_t dim, int64_t L, int64_t N, int64_t Gb, int64_t Gc,
                 const REAL *Bt = Bc + t * sb_t, *Ct = Cc + t * sc_t;
                 REAL *gBt = gBc + t * sb_t, *gCt = gCc + t * sc_t;
                 const REAL *hp = hs + i * N, *hn = hs + (i + 1) * N, *da = das + i * N;
+                /* a packed sequence starts at t: the previous state was dropped */
+                const REAL keep = (sc && t > 0 && sc[t] != sc[t - 1]) ? (REAL)0 : (REAL)1;
                 REAL sB = 0, sA = 0;
                 for (int64_t n = 0; n < N; ++n) {
                     REAL gn = gh[n] + g_t * Ct[n];      /* dL/dh_t */
                     gCt[n] += g_t * hn[n];
                     gBt[n] += gn * x_t;
                     sB += gn * Bt[n];
-                    REAL q = gn * hp[n] * da[n];        /* dL/d(dt*A) */
+                    REAL q = gn * keep * hp[n] * da[n]; /* dL/d(dt*A) */
                     sA += q * Ad[n];
                     gAc[n] += q * d_t;
-                    gh[n] = gn * da[n];                 /* on to h_{t-1} */
+                    gh[n] = gn * da[n] * keep;          /* on to h_{t-1} */
                 }
                 guc[t] = sB * d_t;
                 gdtc[t] = sB * u_t + sA;

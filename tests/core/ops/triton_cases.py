@@ -100,3 +100,18 @@ def test_causal_conv_kernel(activation, bias, init, L):
     exp = torch.autograd.grad(ref, inputs, gy)
     for a, e in zip(got, exp):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [None, "inv"])
+def test_packed_selective_scan(groups):
+    # seq_idx: every sequence as if run alone (values and gradients), boundaries on/off chunk edges
+    from .varlen_util import check_ss_packed
+    check_ss_packed("triton", rows=([3, 5, 1], [4, 5]), d=2, N=2, groups=groups)
+
+
+def test_packed_ssd_and_conv():
+    from .varlen_util import check_conv_packed, check_ssd_packed
+    check_ssd_packed("triton", rows=([3, 5, 1], [4, 5]), H=2, P=2, G=1, N=2)
+    check_conv_packed("triton", rows=([3, 5, 1], [4, 5]), rtol=1e-5, atol=1e-5)
+    check_conv_packed("triton", rows=([1, 2, 6], [9]), activation=None, init=False, width=3,
+                      rtol=1e-5, atol=1e-5)
