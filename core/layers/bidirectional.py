@@ -10,6 +10,7 @@ from core.ops import ssd_scan
 from .inference import fp32_at_least, op_backend
 from .mamba import init_dt_bias
 from .norm import RMSNormGated
+from .ragged import Ragged, ragged
 
 
 def _no_streaming(name: str):
@@ -21,7 +22,9 @@ class BiMamba(nn.Module):
     """Vim-style bidirectional mixer: ``fwd`` scans the sequence, ``bwd`` (own parameters) scans
     it flipped; the flipped-back outputs are combined.
 
-    ``forward(x (B, L, d_model)) -> (B, L, d_model)``. ``combine``: "add" (``y_f + y_b``),
+    ``forward(x (B, L, d_model), *, seq_idx=None, cu_seqlens=None, lengths=None) -> (B, L, d_model)``;
+    with packed sequences or a padded batch the backward scan starts at each sequence's own
+    end (see core.layers.ragged). ``combine``: "add" (``y_f + y_b``),
     "mean" (``(y_f + y_b) / 2``) or "concat" (``proj(cat([y_f, y_b], -1))``, ``proj``:
     Linear(2 d_model, d_model)). ``mixer``: "mamba" or "mamba2" for both directions; other
     keyword arguments (d_state, expand, backend, ...) go to both.
@@ -43,16 +46,24 @@ class BiMamba(nn.Module):
         if combine == "concat":
             self.proj = nn.Linear(2 * d_model, d_model, bias=False, **factory)
 
-    def forward(self, hidden_states: torch.Tensor, inference_params=None, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, inference_params=None, *, seq_idx=None,
+                cu_seqlens=None, lengths=None, **kwargs) -> torch.Tensor:
         if inference_params is not None:
             _no_streaming("BiMamba")
-        y_f = self.fwd(hidden_states)
-        y_b = self.bwd(hidden_states.flip(1)).flip(1)
+        r = ragged(hidden_states, seq_idx, cu_seqlens, lengths)
+        if r is None:
+            y_f = self.fwd(hidden_states)
+            y_b = self.bwd(hidden_states.flip(1)).flip(1)
+        else:  # each sequence reversed within its own span, so its backward scan starts at its end
+            y_f = self.fwd(hidden_states, **r.kwargs())
+            y_b = r.flip(self.bwd(r.flip(hidden_states), **r.kwargs()))
         if self.combine == "add":
-            return y_f + y_b
-        if self.combine == "mean":
-            return (y_f + y_b) / 2
-        return self.proj(torch.cat([y_f, y_b], dim=-1))
+            y = y_f + y_b
+        elif self.combine == "mean":
+            y = (y_f + y_b) / 2
+        else:
+            y = self.proj(torch.cat([y_f, y_b], dim=-1))
+        return r.zero_padding(y) if r is not None else y
 
     def allocate_inference_cache(self, *args, **kwargs):
         _no_streaming("BiMamba")
@@ -120,14 +131,20 @@ class Hydra(nn.Module):
         self.norm = RMSNormGated(self.d_inner, eps=1e-5, norm_before_gate=True, **factory)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
-    def project(self, u: torch.Tensor) -> dict:
+    def project(self, u: torch.Tensor, r: Ragged | None = None) -> dict:
         """The mixer's inputs from u (B, L, d_model): ``z, x`` (B, L, d_inner); ``dt_f, dt_b``
         (B, L, nheads) after softplus(+dt_bias) and dt_limit; ``B_f, C_f, B_b, C_b``
-        (B, L, G, N); ``diag`` (B, L, nheads) = fc_D(x) + D; ``A`` (nheads,)."""
+        (B, L, G, N); ``diag`` (B, L, nheads) = fc_D(x) + D; ``A`` (nheads,).
+        ``r``: ragged layout (the conv window then never crosses into padding or another sequence)."""
         batch, L, _ = u.shape
         GN, H = self.ngroups * self.d_state, self.nheads
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, 2 * H], dim=-1)
-        xBC = self.conv1d(xBC.transpose(1, 2))[..., :L]          # centred window, length L
+        if r is not None and r.packed:
+            xBC = _centred_conv(xBC.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias, r.seq_idx)
+        else:
+            if r is not None:  # the window past a sequence's end sees zeros, as when run alone
+                xBC = r.zero_padding(xBC)
+            xBC = self.conv1d(xBC.transpose(1, 2))[..., :L]      # centred window, length L
         xBC = F.silu(xBC).transpose(1, 2)
         x, B_f, C_f, B_b, C_b = torch.split(xBC, [self.d_inner, GN, GN, GN, GN], dim=-1)
         # Both directions share dt_bias: (B, L, 2, H) + (H,).
@@ -139,34 +156,82 @@ class Hydra(nn.Module):
                     B_b=g(B_b), C_b=g(C_b), diag=F.linear(x, self.fc_D.weight, self.D),
                     A=-torch.exp(fp32_at_least(self.A_log)))
 
-    def mix(self, p: dict) -> torch.Tensor:
-        """The quasiseparable mixing of ``project``'s outputs -> (B, L, d_inner), before the norm."""
+    def mix(self, p: dict, r: Ragged | None = None) -> torch.Tensor:
+        """The quasiseparable mixing of ``project``'s outputs -> (B, L, d_inner), before the norm.
+
+        ``r``: ragged layout; the backward direction then runs on each sequence reversed in place."""
         x = p["x"]
         batch, L, _ = x.shape
+        flip = (lambda t: t.flip(1)) if r is None else r.flip
         # Both directions in one scan call: the backward one runs on flipped sequences.
-        xs = torch.cat([x, x.flip(1)], 0).reshape(2 * batch, L, self.nheads, self.headdim)
-        dts = torch.cat([p["dt_f"], p["dt_b"].flip(1)], 0)
-        Bs = torch.cat([p["B_f"], p["B_b"].flip(1)], 0)
-        Cs = torch.cat([p["C_f"], p["C_b"].flip(1)], 0)
+        xs = torch.cat([x, flip(x)], 0).reshape(2 * batch, L, self.nheads, self.headdim)
+        dts = torch.cat([p["dt_f"], flip(p["dt_b"])], 0)
+        Bs = torch.cat([p["B_f"], flip(p["B_b"])], 0)
+        Cs = torch.cat([p["C_f"], flip(p["C_b"])], 0)
+        # a sequence keeps its seq_idx when reversed in place; padding only ever follows it
+        sq = torch.cat([r.seq_idx, r.seq_idx], 0) if (r is not None and r.packed) else None
         init = (self.init_states.expand(2 * batch, *self.init_states.shape).contiguous()
                 if self.learnable_init_states else None)
-        y = ssd_scan(xs, dts, p["A"], Bs, Cs, chunk_size=self.chunk_size, initial_states=init,
+        y_init = None
+        if init is not None and sq is not None:  # the scan would give it to each row's first sequence only
+            y_init = _init_state_output(init, dts, p["A"], Cs, sq, self.nheads)
+            init = None
+        y = ssd_scan(xs, dts, p["A"], Bs, Cs, chunk_size=self.chunk_size, initial_states=init, seq_idx=sq,
                      backend=op_backend("ssd_scan", self.backend))
+        if y_init is not None:
+            y = y + y_init
         y = y.reshape(2 * batch, L, self.d_inner)
         # Shift by one step: position t sees strictly earlier (resp. later) positions.
         y = F.pad(y[:, :-1], (0, 0, 1, 0))
-        y_f, y_b = y[:batch], y[batch:].flip(1)
+        if sq is not None:  # and nothing of the previous sequence
+            y = y * (~r.starts()).repeat(2, 1)[..., None].to(y.dtype)
+        y_f, y_b = y[:batch], flip(y[batch:])
         diag = p["diag"].repeat_interleave(self.headdim, dim=-1)
         return y_f + y_b + x * diag
 
-    def forward(self, u: torch.Tensor, inference_params=None, **kwargs) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, inference_params=None, *, seq_idx=None, cu_seqlens=None,
+                lengths=None, **kwargs) -> torch.Tensor:
+        """(B, L, d_model) -> (B, L, d_model); ragged input as :class:`BiMamba`."""
         if inference_params is not None:
             _no_streaming("Hydra")
-        p = self.project(u)
-        return self.out_proj(self.norm(self.mix(p), p["z"]))
+        r = ragged(u, seq_idx, cu_seqlens, lengths)
+        p = self.project(u, r)
+        out = self.out_proj(self.norm(self.mix(p, r), p["z"]))
+        return r.zero_padding(out) if r is not None else out
 
     def allocate_inference_cache(self, *args, **kwargs):
         _no_streaming("Hydra")
 
     def step(self, *args, **kwargs):
         _no_streaming("Hydra")
+
+
+def _centred_conv(x: torch.Tensor, weight: torch.Tensor, bias, seq_idx: torch.Tensor) -> torch.Tensor:
+    """Depthwise conv with a centred window (``nn.Conv1d(padding=W // 2)``) that never reaches
+    into another packed sequence: x (B, D, L), weight (D, W), seq_idx (B, L) -> (B, D, L)."""
+    W, L = weight.shape[1], x.shape[-1]
+    left, right = W // 2, W - 1 - W // 2
+    xp = F.pad(x, (left, right))
+    lo = int(seq_idx.min()) - 1  # an id no sequence has: the zero padding beyond the row
+    sp = F.pad(seq_idx, (left, right), value=lo)
+    out = 0
+    for k in range(W):
+        same = (sp[:, k:k + L] == seq_idx)[:, None].to(x.dtype)
+        out = out + xp[..., k:k + L] * weight[:, k, None] * same
+    return out + bias[:, None] if bias is not None else out
+
+
+def _init_state_output(init, dt, A, C, seq_idx, nheads):
+    """What a learnt initial state (n, H, P, N) adds to the scan output at each position when
+    every packed sequence starts from it: C_t . (exp(sum of dt*A since the sequence start) h0).
+    dt (n, L, H), C (n, L, G, N), seq_idx (n, L) -> (n, L, H, P)."""
+    a = (dt * A).double()
+    cum = a.cumsum(1)
+    start = torch.ones_like(seq_idx, dtype=torch.bool)
+    start[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    pos = torch.arange(seq_idx.shape[1], device=seq_idx.device).expand_as(seq_idx)
+    first = torch.where(start, pos, torch.zeros_like(pos)).cummax(1).values     # each run's start
+    before = cum.gather(1, first[..., None].expand_as(cum)) - a.gather(1, first[..., None].expand_as(a))
+    decay = torch.exp(cum - before).to(dt.dtype)                                  # (n, L, H)
+    Ch = C.repeat_interleave(nheads // C.shape[2], dim=2)                         # (n, L, H, N)
+    return decay[..., None] * torch.einsum("blhn,bhpn->blhp", Ch, init.to(C.dtype))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .inference import InferenceParams
 from .norm import RMSNorm
+from .ragged import ragged
 
 # mixer name -> "module:Class"; imported lazily so the registry never cycles.
 MIXERS = {
@@ -170,15 +171,24 @@ class SSMBackbone(nn.Module):
         return self.mixer_name not in BIDIRECTIONAL
 
     def forward(self, hidden_states: torch.Tensor, inference_params: Optional[InferenceParams] = None,
-                **mixer_kwargs) -> torch.Tensor:
-        """(B, L, d_model) -> (B, L, d_model)."""
+                *, seq_idx=None, cu_seqlens=None, lengths=None, **mixer_kwargs) -> torch.Tensor:
+        """(B, L, d_model) -> (B, L, d_model).
+
+        Ragged input (core.layers.ragged): ``seq_idx`` (B, L) / ``cu_seqlens`` (n + 1,) for
+        packed sequences, or ``lengths`` (B,) for a padded batch; every mixer gets it, and
+        padded output positions are zero.
+        """
+        r = ragged(hidden_states, seq_idx, cu_seqlens, lengths)
+        if r is not None:  # converted once (cu_seqlens -> seq_idx), handed to every mixer
+            mixer_kwargs.update(r.kwargs())
         residual = None
         for layer in self.layers:
             hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params,
                                             **mixer_kwargs)
             hidden_states = self.drop(hidden_states)
         residual = hidden_states + residual if residual is not None else hidden_states
-        return self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
+        out = self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
+        return r.zero_padding(out) if r is not None else out
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs) -> dict:
         """{layer_idx: states} for ``InferenceParams.key_value_memory_dict``."""

@@ -86,18 +86,25 @@ def cached_states(module: nn.Module, inference_params: Optional[InferenceParams]
 
 
 def cached_causal_conv(module: nn.Module, x: torch.Tensor, conv_state: Optional[torch.Tensor],
-                       fresh: bool) -> torch.Tensor:
+                       fresh: bool, seq_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The layer's ``conv1d`` as a causal conv of x (batch, dim, L) -> (batch, dim, L).
 
     Continues from ``conv_state`` (batch, dim, d_conv) unless ``fresh``, and
-    leaves the last ``d_conv`` inputs in it (in place).
+    leaves the last ``d_conv`` inputs in it (in place). ``seq_idx`` (batch, L):
+    packed sequences; the state kept is then the last sequence's only.
     """
     # Clone: the kernels may save their inputs for backward while the cache changes in place.
     init_conv = None if (conv_state is None or fresh) else conv_state[..., 1:].clone()
     if conv_state is not None:
-        conv_state.copy_(conv_state_after(None if fresh else conv_state, x.detach(), module.d_conv))
+        new = conv_state_after(None if fresh else conv_state, x.detach(), module.d_conv)
+        if seq_idx is not None:  # inputs of earlier sequences must not feed the next steps
+            W = module.d_conv
+            sq = torch.cat([seq_idx[:, :1].expand(-1, W), seq_idx], dim=1)[:, -W:]
+            new = new * (sq == seq_idx[:, -1:])[:, None].to(new.dtype)
+        conv_state.copy_(new)
     return causal_conv1d(x, module.conv1d.weight.squeeze(1), module.conv1d.bias, activation=module.activation,
-                         initial_states=init_conv, backend=op_backend("causal_conv1d", module.backend))
+                         initial_states=init_conv, seq_idx=seq_idx,
+                         backend=op_backend("causal_conv1d", module.backend))
 
 
 def conv_state_after(conv_state: Optional[torch.Tensor], x: torch.Tensor, width: int) -> torch.Tensor:

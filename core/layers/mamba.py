@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from core.ops import causal_conv1d_update, selective_scan
 
 from .inference import InferenceParams, cached_causal_conv, cached_states, fp32_at_least, op_backend
+from .ragged import no_ragged_streaming, ragged
 
 
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -81,17 +82,25 @@ class Mamba(nn.Module):
 
     # -- full sequence ---------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, inference_params: InferenceParams | None = None,
-                **kwargs) -> torch.Tensor:
+                *, seq_idx=None, cu_seqlens=None, lengths=None, **kwargs) -> torch.Tensor:
         """(batch, L, d_model) -> (batch, L, d_model); with ``inference_params`` the states
-        in its cache are the initial states (zero at ``seqlen_offset == 0``) and are updated."""
+        in its cache are the initial states (zero at ``seqlen_offset == 0``) and are updated.
+
+        Ragged input (see core.layers.ragged): ``seq_idx`` (batch, L) or ``cu_seqlens``
+        (n + 1,) for packed sequences, or ``lengths`` (batch,) for a padded batch (padded
+        outputs are zero). With ``seq_idx`` the cached states are each row's last sequence's.
+        """
         batch, seqlen, _ = hidden_states.shape
+        r = ragged(hidden_states, seq_idx, cu_seqlens, lengths)
+        no_ragged_streaming("Mamba", r, inference_params)
         conv_state, ssm_state, fresh = cached_states(self, inference_params, batch)
         if not fresh and seqlen == 1:  # decoding: one recurrent step
             return self.step(hidden_states, conv_state, ssm_state)[0]
+        sq = r.seq_idx if r is not None else None  # a padded batch needs none: padding comes last
 
         xz = self.in_proj(hidden_states).transpose(1, 2)          # (B, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
-        x = cached_causal_conv(self, x.contiguous(), conv_state, fresh)
+        x = cached_causal_conv(self, x.contiguous(), conv_state, fresh, seq_idx=sq)
 
         x_dbl = self.x_proj(x.transpose(1, 2))                    # (B, L, R + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -101,12 +110,13 @@ class Mamba(nn.Module):
             x, dt, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
             D=fp32_at_least(self.D), z=z.contiguous(), delta_bias=fp32_at_least(self.dt_proj.bias),
             delta_softplus=True, return_last_state=ssm_state is not None,
-            initial_state=None if (ssm_state is None or fresh) else ssm_state.clone(),
+            initial_state=None if (ssm_state is None or fresh) else ssm_state.clone(), seq_idx=sq,
             backend=op_backend("selective_scan", self.backend))
         if ssm_state is not None:
             y, last_state = y
             ssm_state.copy_(last_state.detach())
-        return self.out_proj(y.transpose(1, 2))
+        out = self.out_proj(y.transpose(1, 2))
+        return r.zero_padding(out) if r is not None else out
 
     # -- recurrent inference ----------------------------------------------------------------
     def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from core.ops import causal_conv1d_update, ssd_scan
 
 from .inference import InferenceParams, cached_causal_conv, cached_states, fp32_at_least, op_backend
+from .ragged import no_ragged_streaming, ragged
 from .mamba import init_dt_bias
 from .norm import RMSNormGated
 
@@ -86,17 +87,25 @@ class Mamba2(nn.Module):
         return D.reshape(self.nheads, self.headdim) if self.D_has_hdim else D
 
     def forward(self, u: torch.Tensor, inference_params: InferenceParams | None = None,
-                **kwargs) -> torch.Tensor:
+                *, seq_idx=None, cu_seqlens=None, lengths=None, **kwargs) -> torch.Tensor:
         """(batch, L, d_model) -> (batch, L, d_model); with ``inference_params`` the cached states
-        are the initial states (zero at ``seqlen_offset == 0``) and are updated in place."""
+        are the initial states (zero at ``seqlen_offset == 0``) and are updated in place.
+
+        Ragged input (see core.layers.ragged): ``seq_idx`` (batch, L) or ``cu_seqlens``
+        (n + 1,) for packed sequences (mamba_ssm's keywords), or ``lengths`` (batch,) for a
+        padded batch (padded outputs are zero).
+        """
         batch, seqlen, _ = u.shape
+        r = ragged(u, seq_idx, cu_seqlens, lengths)
+        no_ragged_streaming("Mamba2", r, inference_params)
         conv_state, ssm_state, fresh = cached_states(self, inference_params, batch)
         if not fresh and seqlen == 1:  # decoding: one recurrent step
             return self.step(u, conv_state, ssm_state)[0]
+        sq = r.seq_idx if r is not None else None  # a padded batch needs none: padding comes last
 
         d_mlp, (z0, x0, z, xBC, dt) = self._split(self.in_proj(u))
         xBC_t = xBC.transpose(1, 2).contiguous()                        # (B, conv_dim, L)
-        xBC = cached_causal_conv(self, xBC_t, conv_state, fresh).transpose(1, 2)
+        xBC = cached_causal_conv(self, xBC_t, conv_state, fresh, seq_idx=sq).transpose(1, 2)
         GN = self.ngroups * self.d_state
         x, B, C = torch.split(xBC, [self.d_ssm, GN, GN], dim=-1)
         A = -torch.exp(fp32_at_least(self.A_log))
@@ -108,7 +117,7 @@ class Mamba2(nn.Module):
             z=None if self.rmsnorm else z.reshape(batch, seqlen, self.nheads, self.headdim),
             dt_bias=fp32_at_least(self.dt_bias), dt_softplus=True,
             initial_states=None if (ssm_state is None or fresh) else ssm_state.clone(),
-            return_final_states=ssm_state is not None, dt_limit=self.dt_limit,
+            return_final_states=ssm_state is not None, dt_limit=self.dt_limit, seq_idx=sq,
             backend=op_backend("ssd_scan", self.backend))
         if ssm_state is not None:
             y, last_state = y
@@ -118,7 +127,8 @@ class Mamba2(nn.Module):
             y = self.norm(y, z)
         if d_mlp > 0:
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
-        return self.out_proj(y)
+        out = self.out_proj(y)
+        return r.zero_padding(out) if r is not None else out
 
     def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
         """One token: hidden_states (batch, 1, d_model); conv_state (batch, conv_dim, d_conv) and

@@ -6,7 +6,10 @@ import math
 import torch
 import torch.nn as nn
 
+from core.ops.varlen import padded_to_seq_idx, seq_idx_to_padded
+
 from .inference import InferenceParams, get_states_from_cache
+from .ragged import ragged
 
 
 def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -99,9 +102,16 @@ class S4D(nn.Module):
         # y (B, H, L) -> (B, H, L)
         return self.output_linear(self.dropout(self.activation(y)))
 
-    def forward(self, u: torch.Tensor, inference_params: InferenceParams | None = None,
-                **kwargs) -> torch.Tensor:
-        """(batch, L, d_model) -> same (or (batch, d_model, L) with ``transposed``)."""
+    def forward(self, u: torch.Tensor, inference_params: InferenceParams | None = None, *,
+                seq_idx=None, cu_seqlens=None, lengths=None, **kwargs) -> torch.Tensor:
+        """(batch, L, d_model) -> same (or (batch, d_model, L) with ``transposed``).
+
+        Ragged input as the other layers (core.layers.ragged): with ``lengths`` the causal
+        convolution never sees the padding (which is zeroed in the output); packed rows
+        (``seq_idx``/``cu_seqlens``) run as a padded batch of their sequences.
+        """
+        if seq_idx is not None or cu_seqlens is not None or lengths is not None:
+            return self._ragged_forward(u, inference_params, seq_idx, cu_seqlens, lengths)
         if not self.transposed:
             u = u.transpose(-1, -2)
         L = u.shape[-1]
@@ -124,6 +134,23 @@ class S4D(nn.Module):
             state.copy_(s.detach())
         y = self._output(y)
         return y if self.transposed else y.transpose(-1, -2)
+
+    def _ragged_forward(self, u, inference_params, seq_idx, cu_seqlens, lengths):
+        if inference_params is not None:
+            raise NotImplementedError("S4D: streaming (inference_params) with ragged input is not supported")
+        x = u.transpose(1, 2) if self.transposed else u               # (batch, L, d_model)
+        r = ragged(x, seq_idx, cu_seqlens, lengths)
+        if r.packed:  # the FFT convolution runs on whole rows: unpack, run padded, repack
+            padded, lens, index = seq_idx_to_padded(x, r.seq_idx)
+            y = padded_to_seq_idx(self._plain(padded), index, x.shape[0], x.shape[1])
+        else:
+            y = r.zero_padding(self._plain(x))
+        return y.transpose(1, 2) if self.transposed else y
+
+    def _plain(self, x):
+        """forward on (batch, L, d_model) whatever ``transposed`` says."""
+        y = self.forward(x.transpose(1, 2) if self.transposed else x)
+        return y.transpose(1, 2) if self.transposed else y
 
     def step(self, u: torch.Tensor, state: torch.Tensor):
         """One step: u (batch, 1, d_model) (or (batch, d_model, 1) if transposed), state complex
