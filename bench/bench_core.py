@@ -8,6 +8,9 @@ Cases (batch 2, dim 256, N 16 by default; fp32):
           Mamba2 torch path (``mamba2_chunk_scan``)
   block   core.layers.Mamba(d_model=128, expand=2 -> d_inner 256) vs mambapy MambaBlock vs
           transformers MambaMixer (same sizes)
+  ragged  core.layers.Mamba (same sizes) on 32 sequences with a long tail of short ones (one of
+          length L, the rest L*u^4 for u ~ U(0, 1), at least 16): packed into one row
+          (cu_seqlens) vs a padded batch (32, L) with lengths
 
 Every (case, implementation, L, mode) runs in a fresh subprocess. Peak memory is
 the child's peak resident set (ru_maxrss) during the first call minus its
@@ -19,6 +22,7 @@ is the median of repeated calls after that first one.
     python bench/bench_core.py --quick          # L=1024 only, one repeat
     python bench/bench_core.py --cases scan --lengths 4096 16384 --impls ours mambapy
     python bench/bench_core.py --device cuda    # GPU: vs mamba_ssm, or vs the bytes-moved floor
+    python bench/bench_core.py --cases ragged --lengths 2048   # packed vs padded batch
 """
 from __future__ import annotations
 
@@ -32,8 +36,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IMPLS = {"scan": ["ours", "mambapy", "hf"], "ssd": ["ours", "hf"], "block": ["ours", "mambapy", "hf"]}
-GPU_IMPLS = {"scan": ["ours", "mamba_ssm"], "ssd": ["ours", "mamba_ssm"], "block": ["ours", "mamba_ssm"]}
+IMPLS = {"scan": ["ours", "mambapy", "hf"], "ssd": ["ours", "hf"], "block": ["ours", "mambapy", "hf"],
+         "ragged": ["packed", "padded"]}
+GPU_IMPLS = {"scan": ["ours", "mamba_ssm"], "ssd": ["ours", "mamba_ssm"], "block": ["ours", "mamba_ssm"],
+             "ragged": ["packed", "padded"]}
+CASES = list(IMPLS)
 
 
 # ----------------------------------------------------------------------------- child side
@@ -136,12 +143,36 @@ def _block_fn(impl, L, dev, b=2, d_model=128, N=16):
     return (lambda: m(x)), [x, *m.parameters()]
 
 
+def ragged_lengths(L, n=32):
+    """A long tail: one sequence of length L, the others L * u^4 (u ~ U(0, 1), seeded), at least 16."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    lens = (L * torch.rand(n, generator=g) ** 4).long().clamp(min=min(16, L), max=L)
+    lens[0] = L
+    return lens
+
+
+def _ragged_fn(impl, L, dev, n=32, d_model=128, N=16):
+    import torch
+    from core.layers import Mamba
+    from core.ops import pack_sequences, packed_to_padded
+    torch.manual_seed(0)
+    m = Mamba(d_model, d_state=N, expand=2).to(dev)
+    x, cu = pack_sequences([torch.randn(int(k), d_model) for k in ragged_lengths(L, n)])
+    if impl == "packed":
+        x, cu = x.to(dev).requires_grad_(), cu.to(dev)
+        return (lambda: m(x, cu_seqlens=cu)), [x, *m.parameters()]
+    xp, lens = packed_to_padded(x, cu)
+    xp, lens = xp.to(dev).requires_grad_(), lens.to(dev)
+    return (lambda: m(xp, lengths=lens)), [xp, *m.parameters()]
+
+
 def child(case, impl, L, mode, dev, threads, min_time, max_reps):
     import torch
     if threads:
         torch.set_num_threads(threads)
     sys.path.insert(0, str(ROOT))
-    fn, params = {"scan": _scan_fn, "ssd": _ssd_fn, "block": _block_fn}[case](impl, L, dev)
+    fn, params = {"scan": _scan_fn, "ssd": _ssd_fn, "block": _block_fn, "ragged": _ragged_fn}[case](impl, L, dev)
 
     def call():
         out = fn()
@@ -200,10 +231,11 @@ def run_one(args, case, impl, L, mode):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", nargs="+", default=["scan", "ssd", "block"], choices=["scan", "ssd", "block"])
+    p.add_argument("--cases", nargs="+", default=["scan", "ssd", "block"], choices=CASES)
     p.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384])
     p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
-    p.add_argument("--impls", nargs="+", default=None, help="subset of: ours mambapy hf mamba_ssm")
+    p.add_argument("--impls", nargs="+", default=None, help="subset of: ours mambapy hf mamba_ssm "
+                   "(ragged: packed padded)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch default)")
     p.add_argument("--min-time", type=float, default=2.0, help="repeat calls for at least this long")
@@ -226,16 +258,21 @@ def main(argv=None):
         for L in args.lengths:
             for mode in args.modes:
                 res = {}
+                base = table[case][0]  # the "vs ours" columns compare with the first impl
+                if case == "ragged":
+                    lens = [int(k) for k in ragged_lengths(L)]
+                    print(f"| ragged | {L} | {mode} | 32 sequences, {sum(lens)} tokens, padded batch "
+                          f"{32 * L} ({32 * L / sum(lens):.1f}x) | | | | |", flush=True)
                 for impl in table[case]:
                     if args.impls and impl not in args.impls:
                         continue
                     res[impl] = r = run_one(args, case, impl, L, mode)
-                    ours = res.get("ours", {})
+                    ours = res.get(base, {})
                     if "error" in r:
                         print(f"| {case} | {L} | {mode} | {impl} | - | - | - | {r['error']} |", flush=True)
                         continue
-                    ratio = f"{r['time'] / ours['time']:.1f}x" if "time" in ours and impl != "ours" else ""
-                    mratio = (f"{r['peak'] / max(ours['peak'], 1):.1f}x" if "peak" in ours and impl != "ours"
+                    ratio = f"{r['time'] / ours['time']:.1f}x" if "time" in ours and impl != base else ""
+                    mratio = (f"{r['peak'] / max(ours['peak'], 1):.1f}x" if "peak" in ours and impl != base
                               else "")
                     extra = ""
                     fl = bytes_floor(case, L, mode=mode)

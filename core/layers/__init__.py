@@ -8,6 +8,9 @@
 * ``CompanionSSM``, ``ClosedLoopCompanionSSM``: SpaceTime's companion-matrix SSMs (FFT kernel, closed loop).
 * ``InferenceParams``: streaming state (``forward(x, inference_params)`` / ``step``).
 
+Ragged batches: every sequence layer's ``forward`` also takes ``seq_idx=`` / ``cu_seqlens=``
+(packed sequences, mamba_ssm-style) or ``lengths=`` (padded batch); see ``core.layers.ragged``.
+
 Every layer has a ``backend`` attribute passed to ``core.ops`` ("auto", "reference", ...);
 ``set_backend(model, "reference")`` sets it everywhere.
 """

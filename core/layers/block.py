@@ -178,9 +178,10 @@ class SSMBackbone(nn.Module):
         packed sequences, or ``lengths`` (B,) for a padded batch; every mixer gets it, and
         padded output positions are zero.
         """
-        r = ragged(hidden_states, seq_idx, cu_seqlens, lengths)
-        if r is not None:  # converted once (cu_seqlens -> seq_idx), handed to every mixer
-            mixer_kwargs.update(r.kwargs())
+        r = ragged(hidden_states, seq_idx, cu_seqlens, lengths)  # checks them once
+        # handed on as given: cu_seqlens alone with inference_params caches one state per sequence
+        mixer_kwargs.update({k: v for k, v in (("seq_idx", seq_idx), ("cu_seqlens", cu_seqlens),
+                                               ("lengths", lengths)) if v is not None})
         residual = None
         for layer in self.layers:
             hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params,

@@ -86,17 +86,19 @@ def cached_states(module: nn.Module, inference_params: Optional[InferenceParams]
 
 
 def cached_causal_conv(module: nn.Module, x: torch.Tensor, conv_state: Optional[torch.Tensor],
-                       fresh: bool, seq_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+                       fresh: bool, seq_idx: Optional[torch.Tensor] = None,
+                       lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The layer's ``conv1d`` as a causal conv of x (batch, dim, L) -> (batch, dim, L).
 
     Continues from ``conv_state`` (batch, dim, d_conv) unless ``fresh``, and
     leaves the last ``d_conv`` inputs in it (in place). ``seq_idx`` (batch, L):
     packed sequences; the state kept is then the last sequence's only.
+    ``lengths`` (batch,): a padded batch; the state kept ends at each row's length.
     """
     # Clone: the kernels may save their inputs for backward while the cache changes in place.
     init_conv = None if (conv_state is None or fresh) else conv_state[..., 1:].clone()
     if conv_state is not None:
-        new = conv_state_after(None if fresh else conv_state, x.detach(), module.d_conv)
+        new = conv_state_after(None if fresh else conv_state, x.detach(), module.d_conv, lengths)
         if seq_idx is not None:  # inputs of earlier sequences must not feed the next steps
             W = module.d_conv
             sq = torch.cat([seq_idx[:, :1].expand(-1, W), seq_idx], dim=1)[:, -W:]
@@ -107,8 +109,16 @@ def cached_causal_conv(module: nn.Module, x: torch.Tensor, conv_state: Optional[
                          backend=op_backend("causal_conv1d", module.backend))
 
 
-def conv_state_after(conv_state: Optional[torch.Tensor], x: torch.Tensor, width: int) -> torch.Tensor:
-    """The last ``width`` conv inputs after feeding ``x`` (batch, dim, L) on top of ``conv_state``."""
+def conv_state_after(conv_state: Optional[torch.Tensor], x: torch.Tensor, width: int,
+                     lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The last ``width`` conv inputs after feeding ``x`` (batch, dim, L) on top of ``conv_state``
+    (only the first ``lengths[b]`` steps of row b when ``lengths`` is given)."""
+    if lengths is not None:
+        prev = (conv_state.to(x.dtype) if conv_state is not None
+                else x.new_zeros(x.shape[0], x.shape[1], width))
+        full = torch.cat([prev, x], dim=-1)                   # x[t] sits at width + t
+        idx = lengths.to(x.device)[:, None] + torch.arange(width, device=x.device)
+        return full.gather(2, idx[:, None].expand(-1, x.shape[1], -1))
     if conv_state is None:
         return nn.functional.pad(x, (width - x.shape[-1], 0)) if x.shape[-1] < width else x[..., -width:]
     return torch.cat([conv_state.to(x.dtype), x], dim=-1)[..., -width:]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from core.ops import causal_conv1d_update, selective_scan
 
 from .inference import InferenceParams, cached_causal_conv, cached_states, fp32_at_least, op_backend
-from .ragged import no_ragged_streaming, ragged
+from .ragged import ragged, streams_lengths, varlen_prefill
 
 
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -88,11 +88,16 @@ class Mamba(nn.Module):
 
         Ragged input (see core.layers.ragged): ``seq_idx`` (batch, L) or ``cu_seqlens``
         (n + 1,) for packed sequences, or ``lengths`` (batch,) for a padded batch (padded
-        outputs are zero). With ``seq_idx`` the cached states are each row's last sequence's.
+        outputs are zero). Streaming (``inference_params``): with ``lengths`` each row's state
+        ends at its length; with ``cu_seqlens`` (and no ``seq_idx``) one state per sequence is
+        cached (cache batch n, mamba_ssm's varlen states); with ``seq_idx`` each row keeps its
+        last sequence's state.
         """
         batch, seqlen, _ = hidden_states.shape
         r = ragged(hidden_states, seq_idx, cu_seqlens, lengths)
-        no_ragged_streaming("Mamba", r, inference_params)
+        if inference_params is not None and cu_seqlens is not None and seq_idx is None:
+            return varlen_prefill(self, hidden_states, inference_params, cu_seqlens)
+        by_len = streams_lengths(r, inference_params)  # each row's state must end at its length
         conv_state, ssm_state, fresh = cached_states(self, inference_params, batch)
         if not fresh and seqlen == 1:  # decoding: one recurrent step
             return self.step(hidden_states, conv_state, ssm_state)[0]
@@ -100,16 +105,21 @@ class Mamba(nn.Module):
 
         xz = self.in_proj(hidden_states).transpose(1, 2)          # (B, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
-        x = cached_causal_conv(self, x.contiguous(), conv_state, fresh, seq_idx=sq)
+        x = cached_causal_conv(self, x.contiguous(), conv_state, fresh, seq_idx=sq,
+                               lengths=r.lengths if by_len else None)
 
         x_dbl = self.x_proj(x.transpose(1, 2))                    # (B, L, R + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)       # (B, d_inner, L), bias in the scan
         A = -torch.exp(fp32_at_least(self.A_log))
+        dt_bias, softplus = fp32_at_least(self.dt_proj.bias), True
+        if by_len:  # dt = 0 past each row's end: the state passes the padding unchanged
+            dt = F.softplus(fp32_at_least(dt) + dt_bias[:, None]) * r.mask[:, None].to(dt.dtype)
+            dt_bias, softplus = None, False
         y = selective_scan(
             x, dt, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
-            D=fp32_at_least(self.D), z=z.contiguous(), delta_bias=fp32_at_least(self.dt_proj.bias),
-            delta_softplus=True, return_last_state=ssm_state is not None,
+            D=fp32_at_least(self.D), z=z.contiguous(), delta_bias=dt_bias,
+            delta_softplus=softplus, return_last_state=ssm_state is not None,
             initial_state=None if (ssm_state is None or fresh) else ssm_state.clone(), seq_idx=sq,
             backend=op_backend("selective_scan", self.backend))
         if ssm_state is not None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from core.ops import causal_conv1d_update, ssd_scan
 
 from .inference import InferenceParams, cached_causal_conv, cached_states, fp32_at_least, op_backend
-from .ragged import no_ragged_streaming, ragged
+from .ragged import ragged, streams_lengths, varlen_prefill
 from .mamba import init_dt_bias
 from .norm import RMSNormGated
 
@@ -93,11 +93,14 @@ class Mamba2(nn.Module):
 
         Ragged input (see core.layers.ragged): ``seq_idx`` (batch, L) or ``cu_seqlens``
         (n + 1,) for packed sequences (mamba_ssm's keywords), or ``lengths`` (batch,) for a
-        padded batch (padded outputs are zero).
+        padded batch (padded outputs are zero). Streaming as :class:`Mamba`: per-row states end
+        at ``lengths``; ``cu_seqlens`` caches one state per sequence (mamba_ssm's varlen states).
         """
         batch, seqlen, _ = u.shape
         r = ragged(u, seq_idx, cu_seqlens, lengths)
-        no_ragged_streaming("Mamba2", r, inference_params)
+        if inference_params is not None and cu_seqlens is not None and seq_idx is None:
+            return varlen_prefill(self, u, inference_params, cu_seqlens)
+        by_len = streams_lengths(r, inference_params)  # each row's state must end at its length
         conv_state, ssm_state, fresh = cached_states(self, inference_params, batch)
         if not fresh and seqlen == 1:  # decoding: one recurrent step
             return self.step(u, conv_state, ssm_state)[0]
@@ -105,19 +108,27 @@ class Mamba2(nn.Module):
 
         d_mlp, (z0, x0, z, xBC, dt) = self._split(self.in_proj(u))
         xBC_t = xBC.transpose(1, 2).contiguous()                        # (B, conv_dim, L)
-        xBC = cached_causal_conv(self, xBC_t, conv_state, fresh, seq_idx=sq).transpose(1, 2)
+        xBC = cached_causal_conv(self, xBC_t, conv_state, fresh, seq_idx=sq,
+                                 lengths=r.lengths if by_len else None).transpose(1, 2)
         GN = self.ngroups * self.d_state
         x, B, C = torch.split(xBC, [self.d_ssm, GN, GN], dim=-1)
         A = -torch.exp(fp32_at_least(self.A_log))
+        dt_bias, softplus, dt_limit = fp32_at_least(self.dt_bias), True, self.dt_limit
+        if by_len:  # dt = 0 past each row's end: the state passes the padding unchanged
+            dt = F.softplus(fp32_at_least(dt) + dt_bias)
+            if dt_limit != (0.0, float("inf")):
+                dt = dt.clamp(*dt_limit)
+            dt = dt * r.mask[..., None].to(dt.dtype)
+            dt_bias, softplus, dt_limit = None, False, (0.0, float("inf"))
         y = ssd_scan(
             x.reshape(batch, seqlen, self.nheads, self.headdim), dt, A,
             B.reshape(batch, seqlen, self.ngroups, self.d_state),
             C.reshape(batch, seqlen, self.ngroups, self.d_state),
             chunk_size=self.chunk_size, D=self._D(),
             z=None if self.rmsnorm else z.reshape(batch, seqlen, self.nheads, self.headdim),
-            dt_bias=fp32_at_least(self.dt_bias), dt_softplus=True,
+            dt_bias=dt_bias, dt_softplus=softplus,
             initial_states=None if (ssm_state is None or fresh) else ssm_state.clone(),
-            return_final_states=ssm_state is not None, dt_limit=self.dt_limit, seq_idx=sq,
+            return_final_states=ssm_state is not None, dt_limit=dt_limit, seq_idx=sq,
             backend=op_backend("ssd_scan", self.backend))
         if ssm_state is not None:
             y, last_state = y

@@ -91,9 +91,16 @@ def ragged(x: torch.Tensor, seq_idx=None, cu_seqlens=None, lengths=None) -> Opti
     return Ragged(check_seq_idx(seq_idx.to(x.device), batch, L), None, None, L)
 
 
-def no_ragged_streaming(name: str, r: Optional[Ragged], inference_params) -> None:
-    """Streaming a padded batch would need per-sequence end states, which the layers do not keep."""
-    if r is not None and inference_params is not None and not r.packed:
-        raise NotImplementedError(f"{name}: lengths= with inference_params is not supported "
-                                  "(the cached state would be taken after the padding); stream "
-                                  "sequences of equal length, or pack them with seq_idx")
+def streams_lengths(r: Optional[Ragged], inference_params) -> bool:
+    """True for a padded batch being streamed: each row's cached state must end at its length."""
+    return r is not None and inference_params is not None and not r.packed
+
+
+def varlen_prefill(layer, x, inference_params, cu_seqlens):
+    """mamba_ssm's varlen prefill: one packed row (1, T, d) with ``cu_seqlens`` and
+    ``inference_params`` caches one state per sequence (cache batch n). Runs the sequences
+    as a padded batch with ``lengths`` and packs the output back: (1, T, d)."""
+    from core.ops.varlen import packed_to_padded
+    padded, lens = packed_to_padded(x, cu_seqlens)
+    y = layer(padded, inference_params, lengths=lens)
+    return y[lengths_mask(lens, padded.shape[1])][None]

@@ -123,9 +123,39 @@ def test_streaming_with_packed_rows_and_errors():
     alone = m(torch.cat([b, nxt[0]])[None])
     torch.testing.assert_close(y[0, 5:], alone[0, :2])
     torch.testing.assert_close(step[0, 0], alone[0, 2])
-    with pytest.raises(NotImplementedError, match="lengths"):
-        m(x, InferenceParams(16, 1), lengths=torch.tensor([7]))
     with pytest.raises(ValueError, match="not both"):
         m(x, seq_idx=seq_idx_from_cu_seqlens(cu), lengths=torch.tensor([7]))
     with pytest.raises(ValueError, match="batch 1"):
         m(torch.randn(2, 7, D, dtype=F64), cu_seqlens=cu)
+    with pytest.raises(NotImplementedError, match="streaming"):
+        _make("s4d", "auto")(x, InferenceParams(16, 1), lengths=torch.tensor([7]))
+
+
+@pytest.mark.parametrize("name", ["mamba", "mamba2", "backbone_mamba2_mlp"])
+@pytest.mark.parametrize("layout", ["lengths", "cu_seqlens"])
+def test_streaming_a_ragged_batch_continues_every_sequence(name, layout):
+    # prefill sequences of different lengths together, then decode all of them step by step:
+    # each row continues from its own end (lengths), or one cached state per sequence (cu_seqlens)
+    m = _make(name, "auto")
+    torch.manual_seed(2)
+    lens = [5, 2, 7]
+    seqs = [torch.randn(n, D, dtype=F64) for n in lens]
+    steps = torch.randn(3, 3, 1, D, dtype=F64)                  # 3 steps for each of the 3 sequences
+    ip = InferenceParams(max_seqlen=16, max_batch_size=3)
+    x, cu = pack_sequences(seqs)
+    if layout == "lengths":
+        xp, ln = packed_to_padded(x, cu)
+        y = m(xp, ip, lengths=ln)
+        got = [y[i, :n] for i, n in enumerate(lens)]
+    else:
+        y = m(x, ip, cu_seqlens=cu)
+        got = list(y[0].split(lens))
+    ip.seqlen_offset += 7
+    outs = []
+    for k in range(3):
+        outs.append(m(steps[k], ip))
+        ip.seqlen_offset += 1
+    for i, s in enumerate(seqs):
+        alone = m(torch.cat([s] + [steps[k, i] for k in range(3)])[None])[0]
+        torch.testing.assert_close(got[i], alone[:lens[i]], rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(torch.cat([o[i] for o in outs]), alone[lens[i]:], rtol=1e-9, atol=1e-11)
