@@ -41,8 +41,9 @@ def quality(args):
     out = Path(args.out)
     for seed in args.seeds:
         for name, over in runs:
-            tag = name + ("-seq" if over else "")
+            tag = name + ("-seq" if "model" in over else "")
             c0 = time.process_time()
+            over = dict(over, lr=args.lr)
             res = train(str(ML100K), name, str(out / f"{tag}_s{seed}"), seed=seed, overwrite=True, progress=False,
                         max_epochs=args.max_epochs, max_time=args.max_time, overrides=over, data=data)
             row = dict(model=tag, seed=seed, epochs=res["epochs"], train_cpu_s=res["train_cpu_s"],
@@ -181,6 +182,7 @@ def main():
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     q.add_argument("--max-epochs", type=int, default=30)
     q.add_argument("--max-time", default="00:00:04:00")
+    q.add_argument("--lr", type=float, default=1e-3)
     q.add_argument("--with-sequence", action="store_true", help="also the paper's sequence-axis TiM4Rec (prefixes)")
     q.add_argument("--out", default="/tmp/bench_recsys")
     s = sub.add_parser("speed")

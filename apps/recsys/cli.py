@@ -1,10 +1,10 @@
 """``ssm-recsys``: train / evaluate / recommend on interaction logs, plus a self-contained demo.
 
-  ssm-recsys train --data ml-100k.inter --model tim4rec --out runs/tim --seed 2024
+  ssm-recsys train --data ml-100k.inter --model tim4rec -o runs/tim --seed 2024
   ssm-recsys evaluate --checkpoint runs/tim --data ml-100k.inter
   ssm-recsys recommend --checkpoint runs/tim --user 196 --k 10 -o top10.csv
   ssm-recsys recommend --checkpoint runs/tim --users users.txt --events new.csv -o top10.csv
-  ssm-recsys demo --out demo_out/recsys
+  ssm-recsys demo -o demo_out/recsys
 """
 from __future__ import annotations
 
@@ -14,64 +14,22 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from core.engine import UserError, add_trainer_args, cli_main, ensure_new, load_config, parse_set_pairs
+from core.engine import (AppCLI, UserError, check_new_output, require_paths, resolve_checkpoint,
+                         resolve_config)
 
-MODEL_NAMES = ("tim4rec", "mamba4rec", "sasrec")
+from .config import MODEL_NAMES, TRAIN_DEFAULTS, model_keys
+
+FORMATS = ["auto", "atomic", "udata", "ml1m", "csv", "parquet"]
 
 
-def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def _add_data_args(p) -> None:
+    p.add_required("--data", default=None,
+                   help="interactions: RecBole .inter, u.data, ratings.dat, CSV, Parquet (required)")
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=required, help="interactions: RecBole .inter, u.data, ratings.dat, CSV, Parquet")
-    g.add_argument("--format", default="auto", choices=["auto", "atomic", "udata", "ml1m", "csv", "parquet"])
+    g.add_argument("--format", default="auto", choices=FORMATS, help="file format (default: from the name)")
     g.add_argument("--user-col", default=None, help="user column (atomic/CSV/Parquet; default user_id)")
     g.add_argument("--item-col", default=None, help="item column (default item_id)")
     g.add_argument("--time-col", default=None, help="timestamp column, numeric seconds (default timestamp)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ssm-recsys", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
-    t = sub.add_parser("train", help="train by RecBole's sequential protocol, then test (full ranking)")
-    _add_data_args(t)
-    t.add_argument("--model", default="tim4rec", choices=MODEL_NAMES)
-    t.add_argument("--max-len", type=int, default=None, help="history length (default 50)")
-    t.add_argument("--user-min", type=int, default=None, help="k-core: users need this many interactions (5)")
-    t.add_argument("--item-min", type=int, default=None, help="k-core: items need this many interactions (5)")
-    t.add_argument("--loss", default=None, choices=["ce", "sampled"], help="ce (default) or sampled softmax + logQ")
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    add_trainer_args(t)
-
-    e = sub.add_parser("evaluate", help="HR/NDCG/MRR@5/10/20 of a checkpoint on the test (or val) split")
-    e.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
-    _add_data_args(e)
-    e.add_argument("--split", default="test", choices=["test", "val"])
-    e.add_argument("-o", "--output", default=None, help="also write the metrics as JSON")
-    e.add_argument("--overwrite", action="store_true")
-
-    r = sub.add_parser("recommend", help="top-k items per user (raw ids), seen items excluded")
-    r.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
-    who = r.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", help="one raw user id")
-    who.add_argument("--users", help="file with one raw user id per line")
-    r.add_argument("--k", type=int, default=10)
-    r.add_argument("--events", default=None, help="new interactions (CSV user,item,timestamp or any --format) "
-                                                  "applied on top of the stored histories")
-    r.add_argument("--format", default="auto", choices=["auto", "atomic", "udata", "ml1m", "csv", "parquet"])
-    r.add_argument("--include-seen", action="store_true", help="do not exclude already-seen items")
-    r.add_argument("--cold-start", default=None, choices=["popular"],
-                   help="serve unknown users the most popular items (default: skip them)")
-    r.add_argument("--chunk", type=int, default=65536, help="items scored at a time")
-    r.add_argument("-o", "--output", required=True, help="CSV: user,rank,item,score")
-    r.add_argument("--overwrite", action="store_true")
-
-    d = sub.add_parser("demo", help="synthetic log -> brief training of the three models -> evaluate -> recommend")
-    d.add_argument("--out", required=True)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--overwrite", action="store_true")
-    return ap
 
 
 def _columns(args):
@@ -79,23 +37,19 @@ def _columns(args):
 
 
 def cmd_train(args) -> int:
-    from core.engine import trainer_kwargs_from_args
-
+    require_paths(args.data, "--data", kind="file")
+    cfg = resolve_config(TRAIN_DEFAULTS, args.config,
+                         {"max_len": args.max_len, "user_min": args.user_min, "item_min": args.item_min,
+                          "loss": args.loss, "batch_size": args.batch_size, "lr": args.lr},
+                         args.set_pairs, extra_keys={"model": model_keys})
+    check_new_output(args.out, args.overwrite, folder=True)
     from .train import train
 
-    cfg = load_config(args.config)
-    over = parse_set_pairs(args.set_pairs)
-    for key, val in (("max_len", args.max_len), ("user_min", args.user_min), ("item_min", args.item_min),
-                     ("loss", args.loss), ("batch_size", args.batch_size), ("lr", args.lr)):
-        if val is not None:
-            over[key] = val
-    if not Path(args.data).is_file():
-        raise UserError(args.data, "file not found")
-    tk = trainer_kwargs_from_args(args)
-    max_epochs, max_time = tk.pop("max_epochs"), tk.pop("max_time")
+    tk = dict(accelerator=args.accelerator, devices=int(args.devices) if str(args.devices).isdigit()
+              else args.devices, num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision)
     res = train(args.data, args.model, args.out, fmt=args.format, columns=_columns(args), config=cfg,
-                overrides=over, max_epochs=max_epochs, max_time=max_time, seed=args.seed,
-                overwrite=args.overwrite, trainer_kwargs=tk, num_workers=args.num_workers)
+                max_epochs=args.max_epochs, max_time=args.max_time, seed=args.seed, overwrite=args.overwrite,
+                trainer_kwargs=tk, num_workers=args.num_workers)
     if res:
         print(json.dumps({"val": res["val"], "test": res["test"], "checkpoint": res["checkpoint"]}, indent=1))
     return 0
@@ -107,12 +61,13 @@ def cmd_evaluate(args) -> int:
     from .data import load_dataset
     from .infer import evaluate_split, load_checkpoint
 
-    if args.output:
-        ensure_new(args.output, args.overwrite)
-    module = load_checkpoint(args.checkpoint)
-    cfg_path = Path(args.checkpoint) / "config.json" if Path(args.checkpoint).is_dir() else None
+    ckpt = resolve_checkpoint(args.checkpoint)
+    require_paths(args.data, "--data", kind="file")
+    check_new_output(args.out, args.overwrite)
+    module = load_checkpoint(ckpt).to(args.device)
+    cfg_path = ckpt.parent.parent / "config.json"
     umin = imin = 5
-    if cfg_path is not None and cfg_path.is_file():
+    if cfg_path.is_file():
         c = json.loads(cfg_path.read_text())
         umin, imin = c.get("user_min", 5), c.get("item_min", 5)
     data = load_dataset(args.data, args.format, module.hparams.max_len, umin, imin, args.user_col, args.item_col,
@@ -122,15 +77,20 @@ def cmd_evaluate(args) -> int:
                                    "the log it was trained on")
     res = evaluate_split(module, data, args.split)
     print(json.dumps(res, indent=1))
-    if args.output:
-        write_json(args.output, res, overwrite=args.overwrite)
+    if args.out:
+        write_json(args.out, res, overwrite=args.overwrite)
     return 0
 
 
 def cmd_recommend(args) -> int:
     from core.engine import atomic_write
 
-    ensure_new(args.output, args.overwrite)
+    ckpt = resolve_checkpoint(args.checkpoint)
+    check_new_output(args.out, args.overwrite)
+    if args.users is not None:
+        require_paths(args.users, "--users", kind="file")
+    if args.events is not None:
+        require_paths(args.events, "--events", kind="file")
     if args.k < 1:
         raise UserError("--k", f"must be >= 1, got {args.k}")
     if args.chunk < 1:
@@ -140,7 +100,7 @@ def cmd_recommend(args) -> int:
 
     users = [args.user] if args.user is not None else read_users_file(args.users)
     events = read_interactions(args.events, args.format)[0] if args.events else None
-    module = load_checkpoint(args.checkpoint)
+    module = load_checkpoint(ckpt).to(args.device)
     df, rep = recommend(module, users, k=args.k, exclude_seen=not args.include_seen, cold_start=args.cold_start,
                         events=events, chunk=args.chunk)
     if rep.unknown_items:
@@ -155,9 +115,9 @@ def cmd_recommend(args) -> int:
     if df.empty:
         raise UserError(args.user if args.user is not None else args.users,
                         "no known users to recommend for (all cold start); nothing written")
-    with atomic_write(args.output, overwrite=args.overwrite, newline="") as f:
+    with atomic_write(args.out, overwrite=args.overwrite, newline="") as f:
         df.to_csv(f, index=False, float_format="%.6g")
-    print(f"wrote {df['user'].nunique()} users x top-{args.k} to {args.output}"
+    print(f"wrote {df['user'].nunique()} users x top-{args.k} to {args.out}"
           + (f" ({rep.incremental_updates} incremental updates)" if rep.incremental_updates else ""))
     return 0
 
@@ -169,11 +129,42 @@ def cmd_demo(args) -> int:
     return 0
 
 
-@cli_main
+def build_cli() -> AppCLI:
+    cli = AppCLI("ssm-recsys", __doc__.splitlines()[0], examples="\n".join(__doc__.splitlines()[2:]))
+    t = cli.train(help="train by RecBole's sequential protocol, then test (full ranking)", fn=cmd_train)
+    _add_data_args(t)
+    t.add_argument("--model", default="tim4rec", choices=MODEL_NAMES, help="network (default tim4rec)")
+    t.add_argument("--max-len", type=int, default=None, help="history length (default 50)")
+    t.add_argument("--user-min", type=int, default=None, help="k-core: users need this many interactions (5)")
+    t.add_argument("--item-min", type=int, default=None, help="k-core: items need this many interactions (5)")
+    t.add_argument("--loss", default=None, choices=["ce", "sampled"], help="ce (default) or sampled softmax + logQ")
+    t.add_argument("--batch-size", type=int, default=None, help="training batch (windows or prefixes; 64)")
+    t.add_argument("--lr", type=float, default=None, help="Adam learning rate (1e-3)")
+
+    e = cli.evaluate(help="HR/NDCG/MRR@5/10/20 of a checkpoint on the test (or val) split", fn=cmd_evaluate)
+    _add_data_args(e)
+    e.add_argument("--split", default="test", choices=["test", "val"], help="which held-out item (default test)")
+
+    r = cli.predict(help="top-k items per user (raw ids), seen items excluded", fn=cmd_recommend,
+                    name="recommend", out_help="CSV file: user,rank,item,score")
+    who = r.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="one raw user id")
+    who.add_argument("--users", help="file with one raw user id per line")
+    r.add_argument("--k", type=int, default=10, help="list length (default 10)")
+    r.add_argument("--events", default=None, help="new interactions (CSV user_id,item_id,timestamp or any "
+                                                  "--format) applied on top of the stored histories")
+    r.add_argument("--format", default="auto", choices=FORMATS, help="format of --events")
+    r.add_argument("--include-seen", action="store_true", help="do not exclude already-seen items")
+    r.add_argument("--cold-start", default=None, choices=["popular"],
+                   help="serve unknown users the most popular items (default: skip them)")
+    r.add_argument("--chunk", type=int, default=65536, help="items scored at a time (default 65536)")
+
+    cli.demo(help="synthetic log -> brief training of the three models -> evaluate -> recommend", fn=cmd_demo)
+    return cli
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    return {"train": cmd_train, "evaluate": cmd_evaluate, "recommend": cmd_recommend,
-            "demo": cmd_demo}[args.cmd](args)
+    return build_cli().main(argv)
 
 
 if __name__ == "__main__":

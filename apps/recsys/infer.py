@@ -51,10 +51,11 @@ def evaluate_split(module: RecModule, data: SeqData, split: str = "test", batch_
     module.eval()
     sums: Dict[str, float] = {}
     n = 0
+    dev = module.device
     for batch in loader(data, split, batch_size):
-        scores = module(batch["items"], batch["gaps"])
+        scores = module(batch["items"].to(dev), batch["gaps"].to(dev))
         scores[:, 0] = float("-inf")
-        for k, v in rank_metrics(target_ranks(scores, batch["target"]), ks).items():
+        for k, v in rank_metrics(target_ranks(scores, batch["target"].to(dev)), ks).items():
             sums[k] = sums.get(k, 0.0) + float(v.sum())
         n += scores.shape[0]
     return {k: round(v / max(n, 1), 6) for k, v in sums.items()}
@@ -92,7 +93,7 @@ def encode_histories(module: RecModule, items: List[np.ndarray], times: List[np.
     for b, (i, t) in enumerate(zip(items, times)):
         g = _gaps(t)[-L:]
         it[b, :len(g)], gp[b, :len(g)] = i[-L:], g
-    return module.net.encode(torch.from_numpy(it), torch.from_numpy(gp))
+    return module.net.encode(torch.from_numpy(it).to(module.device), torch.from_numpy(gp).to(module.device))
 
 
 class UserState:
@@ -122,8 +123,9 @@ class UserState:
     def update(self, item: int, timestamp: float) -> torch.Tensor:
         """One new interaction (item index, timestamp in seconds) -> hidden (d_model,)."""
         gap = 0.0 if self.last_time is None else max(timestamp - self.last_time, 0.0)
-        h, self.state = self.module.net.step(torch.tensor([item]), torch.tensor([gap], dtype=torch.float32),
-                                             self.state)
+        dev = self.module.device
+        h, self.state = self.module.net.step(torch.tensor([item], device=dev),
+                                             torch.tensor([gap], dtype=torch.float32, device=dev), self.state)
         self.last_time, self.hidden = timestamp, h[0]
         return self.hidden
 
@@ -135,23 +137,24 @@ def topk_chunked(module: RecModule, h: torch.Tensor, k: int, exclude: Optional[L
     items fit), with ``exclude[b]`` item indices removed. Returns (scores (B, k), item indices (B, k)); rows
     with fewer than k candidates end in -inf / index 0."""
     E = module.net.item_embedding.weight
+    h = h.to(E.device)
     n = E.shape[0] - 1
     B = h.shape[0]
     rows = np.concatenate([np.full(len(x), b) for b, x in enumerate(exclude)]) if exclude else np.zeros(0, int)
     cols = np.concatenate(list(exclude)) if exclude else np.zeros(0, int)
-    best_s = torch.full((B, 0), float("-inf"))
-    best_i = torch.zeros((B, 0), dtype=torch.long)
+    best_s = torch.full((B, 0), float("-inf"), device=E.device)
+    best_i = torch.zeros((B, 0), dtype=torch.long, device=E.device)
     for start in range(1, n + 1, chunk):
         end = min(start + chunk, n + 1)
         s = h @ E[start:end].t()
         sel = (cols >= start) & (cols < end)
         if sel.any():
-            s[torch.from_numpy(rows[sel]), torch.from_numpy(cols[sel] - start)] = float("-inf")
+            s[torch.from_numpy(rows[sel]).to(E.device), torch.from_numpy(cols[sel] - start).to(E.device)] = float("-inf")
         cat_s = torch.cat([best_s, s], 1)
-        cat_i = torch.cat([best_i, torch.arange(start, end).expand(B, -1)], 1)
+        cat_i = torch.cat([best_i, torch.arange(start, end, device=E.device).expand(B, -1)], 1)
         top = cat_s.topk(min(k, cat_s.shape[1]), dim=1)
         best_s, best_i = top.values, cat_i.gather(1, top.indices)
-    return best_s, best_i
+    return best_s.cpu(), best_i.cpu()
 
 
 def read_users_file(path: str | Path) -> List[str]:

@@ -19,6 +19,8 @@ from core.layers import Mamba, Mamba2
 from core.ops import causal_conv1d, causal_conv1d_update, ssd_scan
 from core.layers.inference import fp32_at_least, op_backend
 
+from .config import MODEL_DEFAULTS  # noqa: F401  (re-exported)
+
 
 class FeedForward(nn.Module):
     """RecBole's point-wise FFN with post-LN: LN(x + drop(W2 drop(act(W1 x))))."""
@@ -315,15 +317,6 @@ class TiM4Rec(SeqRecNet):
 
 
 MODELS = {"tim4rec": TiM4Rec, "mamba4rec": Mamba4Rec, "sasrec": SASRec}
-
-# Defaults: RecBole's SASRec; Mamba4Rec's and TiM4Rec's published settings (hidden 64, d_state 32, expand 2).
-MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "tim4rec": dict(d_model=64, n_layers=2, d_state=32, d_conv=4, expand=2, headdim=32, chunk_size=64,
-                    dropout=0.2, time_mix="causal"),
-    "mamba4rec": dict(d_model=64, n_layers=1, d_state=32, d_conv=4, expand=2, dropout=0.2),
-    "sasrec": dict(d_model=64, n_layers=2, n_heads=2, inner_size=256, dropout=0.5, attn_dropout=0.5),
-}
-
 
 def build_net(name: str, n_items: int, max_len: int, **cfg) -> SeqRecNet:
     """``MODELS[name](n_items, max_len, **cfg)``."""

@@ -15,17 +15,10 @@ import torch
 from core.engine import (UserError, best_or_last_checkpoint, make_trainer, merge_config, prepare_run_dir,
                          seed_everything, write_json)
 
+from .config import TRAIN_DEFAULTS
 from .data import SeqData, load_dataset, loader, train_loader
 from .model import RecModule, model_config
 from .nets import MODELS, gap_stats
-
-TRAIN_DEFAULTS: Dict[str, Any] = dict(
-    max_len=50, user_min=5, item_min=5,            # RecBole: MAX_ITEM_LIST_LENGTH, [5,inf) k-core
-    batch_size=64, eval_batch_size=256, lr=1e-3, weight_decay=0.0,
-    loss="ce", n_negatives=1000, train_mode="window",
-    max_epochs=200, patience=10, model={},
-)
-
 
 def resolve_config(model: str, config: Optional[Dict[str, Any]] = None,
                    overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

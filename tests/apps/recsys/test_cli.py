@@ -77,3 +77,21 @@ def test_bad_input_exit_2(run_cli, tiny_run, tmp_path, case):
     code, _, err = run_cli(*args)
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "r").exists()
+
+
+def test_cli_follows_the_contract():
+    import subprocess
+    import sys
+
+    from apps.recsys.cli import build_cli
+    from core.engine.cli import help_problems
+
+    assert help_problems(build_cli().parser) == []
+    code = "import sys, apps.recsys.cli; print(sorted(m for m in ('torch', 'lightning', 'pandas') if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "[]", res.stderr[-500:]
+
+
+def test_unknown_config_key_is_one_line(run_cli, synth, tmp_path):
+    code, _, err = run_cli("train", "--data", synth, "-o", tmp_path / "r", "--set", "model.d_modle=8")
+    assert code == 2 and "d_modle" in err and "d_model" in err and not (tmp_path / "r").exists()
