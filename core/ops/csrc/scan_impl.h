@@ -12,7 +12,7 @@
  * Python threads can split the work (ctypes releases the GIL).
  */
 
-void FN(ss_fwd)(int64_t dim, int64_t L, int64_t N, int64_t Gb, int64_t Gc,
+static void FN(ss_fwd1)(int64_t dim, int64_t L, int64_t N, int64_t Gb, int64_t Gc,
                 const REAL *u, const REAL *dt, const REAL *A,
                 const REAL *B, int64_t sb_b, int64_t sb_g, int64_t sb_t,
                 const REAL *C, int64_t sc_b, int64_t sc_g, int64_t sc_t,
@@ -54,7 +54,7 @@ void FN(ss_fwd)(int64_t dim, int64_t L, int64_t N, int64_t Gb, int64_t Gc,
  * buffer (K+1 states and K decays), then walks the chunk backwards. gB/gC are
  * accumulated (+=) into the caller's buffers (one per thread: channels of a
  * group share B/C); gA is per channel (batch, dim, N), summed over batch later. */
-void FN(ss_bwd)(int64_t dim, int64_t L, int64_t N, int64_t Gb, int64_t Gc,
+static void FN(ss_bwd1)(int64_t dim, int64_t L, int64_t N, int64_t Gb, int64_t Gc,
                 const REAL *u, const REAL *dt, const REAL *A,
                 const REAL *B, int64_t sb_b, int64_t sb_g, int64_t sb_t,
                 const REAL *C, int64_t sc_b, int64_t sc_g, int64_t sc_t,
