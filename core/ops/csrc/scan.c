@@ -45,6 +45,12 @@ static inline vf8 vexp_f8(vf8 x) {
     return p * two_k;
 }
 
+#if defined(__clang__)  /* clang spells it __builtin_shufflevector, with constant indices */
+#define __builtin_shuffle(a, b, m) _shuffle_generic(a, b, m)
+#define _shuffle_generic(a, b, m) ({ __typeof__(a) _r; for (int _i = 0; _i < (int)(sizeof(_r) / sizeof(_r[0])); ++_i) \
+        _r[_i] = m[_i] < (int)(sizeof(_r) / sizeof(_r[0])) ? a[m[_i]] : b[m[_i] - (int)(sizeof(_r) / sizeof(_r[0]))]; _r; })
+#endif
+
 /* r[j] = sum of v[j]'s lanes, for W vectors at once: a transpose-and-add tree
  * (3 levels of shuffles and adds for 8 vectors instead of 8 separate reductions). */
 static inline vf8 vreduce_f8(const vf8 *v) {
