@@ -23,6 +23,12 @@ is the median of repeated calls after that first one.
     python bench/bench_core.py --cases scan --lengths 4096 16384 --impls ours mambapy
     python bench/bench_core.py --device cuda    # GPU: vs mamba_ssm, or vs the bytes-moved floor
     python bench/bench_core.py --cases ragged --lengths 2048   # packed vs padded batch
+
+On the CPU every row of ours for scan/ssd also shows its roofline (bench/roofline.py): the
+fastest the call could be on this machine, from the scan's arithmetic measured with all
+operands in registers (exp per state for Mamba-1, one decay per head for SSD, the reverse
+step) and the bytes it must move over the measured copy bandwidth; "x roofline" is the
+measured time over that ceiling.
 """
 from __future__ import annotations
 
@@ -36,8 +42,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IMPLS = {"scan": ["ours", "mambapy", "hf"], "ssd": ["ours", "hf"], "block": ["ours", "mambapy", "hf"],
-         "ragged": ["packed", "padded"]}
+# ours_1ch: our C scan with its channel-vectorised path off (CORE_OPS_SCAN_LANES=0), i.e. the
+# one-channel-at-a-time kernel it replaced
+IMPLS = {"scan": ["ours", "ours_1ch", "mambapy", "hf"], "ssd": ["ours", "ours_1ch", "hf"],
+         "block": ["ours", "ours_1ch", "mambapy", "hf"], "ragged": ["packed", "padded"]}
+BARE = os.environ.get("BENCH_CORE_BARE") == "1"   # set by --bare for the child processes
 GPU_IMPLS = {"scan": ["ours", "mamba_ssm"], "ssd": ["ours", "mamba_ssm"], "block": ["ours", "mamba_ssm"],
              "ragged": ["packed", "padded"]}
 CASES = list(IMPLS)
@@ -72,7 +81,7 @@ def _our_backend(impl, dev, cuda_backend):
     """Backend name for ``impl`` "ours" (``cuda_backend`` on a GPU, else auto) or "mamba_ssm"."""
     if impl == "mamba_ssm":
         return "mamba_ssm"
-    return cuda_backend if dev == "cuda" else "auto"
+    return cuda_backend if dev == "cuda" else ("cpu" if impl == "ours_1ch" else "auto")
 
 
 def _scan_fn(impl, L, dev, b=2, d=256, N=16):
@@ -83,11 +92,14 @@ def _scan_fn(impl, L, dev, b=2, d=256, N=16):
     A = (-rand(d, N) - 0.1).to(dev).requires_grad_()
     B, C, D, bias = mk(b, N, L), mk(b, N, L), mk(d), mk(d, scale=0.1)
     params = [u, delta, z, A, B, C, D, bias]
-    if impl in ("ours", "mamba_ssm"):
+    if impl in ("ours", "ours_1ch", "mamba_ssm"):
         from core.ops import selective_scan
         backend = _our_backend(impl, dev, "triton")
-        fn = lambda: selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias,  # noqa: E731
-                                    delta_softplus=True, backend=backend)
+        if BARE:  # the recurrence alone: what the roofline bounds
+            fn = lambda: selective_scan(u, delta.abs(), A, B, C, backend=backend)  # noqa: E731
+        else:
+            fn = lambda: selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias,  # noqa: E731
+                                        delta_softplus=True, backend=backend)
     elif impl == "mambapy":
         from mambapy.pscan import pscan
 
@@ -111,11 +123,14 @@ def _ssd_fn(impl, L, dev, b=2, H=4, P=64, N=16, chunk=256):
     A = (-rand(H) - 0.1).to(dev).requires_grad_()
     D, bias = mk(H), mk(H, scale=0.1)
     params = [x, dt, A, B, C, D, bias]
-    if impl in ("ours", "mamba_ssm"):
+    if impl in ("ours", "ours_1ch", "mamba_ssm"):
         from core.ops import ssd_scan
         backend = _our_backend(impl, dev, "torch")
-        fn = lambda: ssd_scan(x, dt, A, B, C, chunk_size=chunk, D=D, dt_bias=bias,  # noqa: E731
-                              dt_softplus=True, backend=backend)
+        if BARE:
+            fn = lambda: ssd_scan(x, dt.abs(), A, B, C, chunk_size=chunk, backend=backend)  # noqa: E731
+        else:
+            fn = lambda: ssd_scan(x, dt, A, B, C, chunk_size=chunk, D=D, dt_bias=bias,  # noqa: E731
+                                  dt_softplus=True, backend=backend)
     else:
         from transformers.models.mamba2.modeling_mamba2 import mamba2_chunk_scan
         fn = lambda: mamba2_chunk_scan(x, dt, A, B, C, chunk, D=D, dt_bias=bias, dt_softplus=True)  # noqa: E731
@@ -125,7 +140,7 @@ def _ssd_fn(impl, L, dev, b=2, H=4, P=64, N=16, chunk=256):
 def _block_fn(impl, L, dev, b=2, d_model=128, N=16):
     import torch
     torch.manual_seed(0)
-    if impl == "ours":
+    if impl in ("ours", "ours_1ch"):
         from core.layers import Mamba
         m = Mamba(d_model, d_state=N, expand=2)
     elif impl == "mamba_ssm":
@@ -167,7 +182,7 @@ def _ragged_fn(impl, L, dev, n=32, d_model=128, N=16):
     return (lambda: m(xp, lengths=lens)), [xp, *m.parameters()]
 
 
-def child(case, impl, L, mode, dev, threads, min_time, max_reps):
+def child(case, impl, L, mode, dev, threads, min_time, max_reps, clock="wall"):
     import torch
     if threads:
         torch.set_num_threads(threads)
@@ -190,21 +205,28 @@ def child(case, impl, L, mode, dev, threads, min_time, max_reps):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
+        # cpu: process CPU seconds, the honest measure on a machine shared with other jobs
+        now = time.process_time if clock == "cpu" else time.perf_counter
         rss0 = _rss_bytes()
-        t0 = time.perf_counter()
+        t0 = now()
         call()
-        first = time.perf_counter() - t0
+        first = now() - t0
         peak = (torch.cuda.max_memory_allocated() - base) if dev == "cuda" else _maxrss_bytes() - rss0
         times = []
         start = time.perf_counter()
         while len(times) < max_reps and (not times or time.perf_counter() - start < min_time):
-            t0 = time.perf_counter()
+            t0 = now()
             call()
-            times.append(time.perf_counter() - t0)
+            times.append(now() - t0)
     print(json.dumps({"time": statistics.median(times), "first": first, "peak": peak, "reps": len(times)}))
 
 
 # ----------------------------------------------------------------------------- parent side
+def _default_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
 def bytes_floor(case, L, b=2, d=256, N=16, mode="fwd"):
     """Smallest number of bytes a fp32 kernel must move (inputs read once, outputs written once)."""
     if case == "scan":
@@ -217,10 +239,14 @@ def bytes_floor(case, L, b=2, d=256, N=16, mode="fwd"):
 
 
 def run_one(args, case, impl, L, mode):
+    env = dict(os.environ, BENCH_CORE_BARE="1" if args.bare else "0")
+    if impl == "ours_1ch":
+        env["CORE_OPS_SCAN_LANES"] = "0"
     cmd = [sys.executable, __file__, "--child", case, impl, str(L), mode, "--device", args.device,
-           "--threads", str(args.threads), "--min-time", str(args.min_time), "--max-reps", str(args.max_reps)]
+           "--threads", str(args.threads), "--min-time", str(args.min_time), "--max-reps", str(args.max_reps),
+           "--clock", args.clock]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout {args.timeout}s"}
     if res.returncode != 0:
@@ -242,18 +268,33 @@ def main(argv=None):
     p.add_argument("--max-reps", type=int, default=5)
     p.add_argument("--timeout", type=int, default=1800, help="seconds per child")
     p.add_argument("--quick", action="store_true", help="L=1024, one timed repeat")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="time as wall seconds, or as process CPU seconds (for a busy machine; CPU only)")
+    p.add_argument("--bare", action="store_true",
+                   help="scan/ssd without D, z, bias and softplus: the recurrence alone, as the roofline counts it")
+    p.add_argument("--no-roofline", action="store_true", help="skip the CPU roofline columns")
     p.add_argument("--child", nargs=4, metavar=("CASE", "IMPL", "L", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         case, impl, L, mode = args.child
-        return child(case, impl, int(L), mode, args.device, args.threads, args.min_time, args.max_reps)
+        return child(case, impl, int(L), mode, args.device, args.threads, args.min_time, args.max_reps,
+                     args.clock)
     if args.quick:
         args.lengths, args.max_reps, args.min_time = [1024], 1, 0.0
     table = GPU_IMPLS if args.device == "cuda" else IMPLS
-    print(f"# bench_core device={args.device} threads={args.threads or 'default'} "
+    print(f"# bench_core device={args.device} threads={args.threads or 'default'} clock={args.clock} bare={args.bare} "
           f"python={sys.version.split()[0]}", flush=True)
-    print("| case | L | mode | impl | time (s) | vs ours | peak mem (MiB) | mem vs ours |")
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    ceil = None
+    if args.device == "cpu" and not args.no_roofline:
+        sys.path.insert(0, str(ROOT))
+        import roofline
+        ceil = roofline.measure()
+        threads = args.threads or _default_threads()
+        print(f"# roofline ceilings (one thread, fp32): {ceil['exp']:.3f} ns per state update with exp, "
+              f"{ceil['decay']:.3f} with one decay per step, {ceil['reverse']:.3f} per reverse step; "
+              f"copy bandwidth {ceil['bandwidth'] / 1e9:.1f} GB/s; {threads} thread(s) in the runs", flush=True)
+    print("| case | L | mode | impl | time (s) | vs ours | peak mem (MiB) | mem vs ours | roofline (s) | x roofline |")
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for case in args.cases:
         for L in args.lengths:
             for mode in args.modes:
@@ -269,7 +310,7 @@ def main(argv=None):
                     res[impl] = r = run_one(args, case, impl, L, mode)
                     ours = res.get(base, {})
                     if "error" in r:
-                        print(f"| {case} | {L} | {mode} | {impl} | - | - | - | {r['error']} |", flush=True)
+                        print(f"| {case} | {L} | {mode} | {impl} | - | - | - | {r['error']} | | |", flush=True)
                         continue
                     ratio = f"{r['time'] / ours['time']:.1f}x" if "time" in ours and impl != base else ""
                     mratio = (f"{r['peak'] / max(ours['peak'], 1):.1f}x" if "peak" in ours and impl != base
@@ -278,8 +319,14 @@ def main(argv=None):
                     fl = bytes_floor(case, L, mode=mode)
                     if args.device == "cuda" and fl and impl == "ours":
                         extra = f" ({fl / r['time'] / 1e9:.0f} GB/s over the {fl / 2**20:.0f} MiB floor)"
+                    roof = ""
+                    if ceil is not None and impl == "ours":
+                        c = roofline.ceiling_seconds(case, L, mode, ceil, threads, fl)
+                        roof = f"{c:.4f} | {r['time'] / c:.1f}x" if c else " | "
+                    else:
+                        roof = " | "
                     print(f"| {case} | {L} | {mode} | {impl} | {r['time']:.4f}{extra} | {ratio} | "
-                          f"{r['peak'] / 2**20:.0f} | {mratio} |", flush=True)
+                          f"{r['peak'] / 2**20:.0f} | {mratio} | {roof} |", flush=True)
 
 
 if __name__ == "__main__":

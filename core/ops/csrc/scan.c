@@ -13,6 +13,16 @@ static void *vec_alloc(size_t bytes) {
     return posix_memalign(&p, 32, bytes) == 0 ? p : NULL;
 }
 
+/* CORE_OPS_SCAN_LANES=0 turns the lane path off (bench_core's before/after comparison). */
+static int lanes_enabled(void) {
+    static int on = -1;               /* a benign race: every thread computes the same value */
+    if (on < 0) {
+        const char *e = getenv("CORE_OPS_SCAN_LANES");
+        on = !(e && e[0] == '0');
+    }
+    return on;
+}
+
 typedef float vf8 __attribute__((vector_size(32)));
 typedef int32_t vi8 __attribute__((vector_size(32)));
 typedef double vd4 __attribute__((vector_size(32)));

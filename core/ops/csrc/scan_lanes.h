@@ -19,7 +19,7 @@
 static int FN(lanes_ok)(int64_t ch, int64_t dim, int64_t pgb, int64_t pgc,
                         int64_t sb_t, int64_t sc_t) {
     int64_t d = ch % dim;
-    if (d + W > dim || sb_t == 0 || sc_t == 0) return 0;
+    if (!lanes_enabled() || d + W > dim || sb_t == 0 || sc_t == 0) return 0;
     return d / pgb == (d + W - 1) / pgb && d / pgc == (d + W - 1) / pgc;
 }
 
