@@ -44,7 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # ours_1ch: our C scan with its channel-vectorised path off (CORE_OPS_SCAN_LANES=0), i.e. the
 # one-channel-at-a-time kernel it replaced
-IMPLS = {"scan": ["ours", "ours_1ch", "mambapy", "hf"], "ssd": ["ours", "ours_1ch", "hf"],
+# ours_unfused: softplus/bias and the D/z gate as separate torch ops around the C scan (before the fusion)
+IMPLS = {"scan": ["ours", "ours_1ch", "ours_unfused", "mambapy", "hf"], "ssd": ["ours", "ours_1ch", "hf"],
          "block": ["ours", "ours_1ch", "mambapy", "hf"], "ragged": ["packed", "padded"]}
 BARE = os.environ.get("BENCH_CORE_BARE") == "1"   # set by --bare for the child processes
 GPU_IMPLS = {"scan": ["ours", "mamba_ssm"], "ssd": ["ours", "mamba_ssm"], "block": ["ours", "mamba_ssm"],
@@ -92,7 +93,11 @@ def _scan_fn(impl, L, dev, b=2, d=256, N=16):
     A = (-rand(d, N) - 0.1).to(dev).requires_grad_()
     B, C, D, bias = mk(b, N, L), mk(b, N, L), mk(d), mk(d, scale=0.1)
     params = [u, delta, z, A, B, C, D, bias]
-    if impl in ("ours", "ours_1ch", "mamba_ssm"):
+    if impl == "ours_unfused":
+        from core.ops import cpu_scan
+        fn = lambda: cpu_scan.selective_scan_with(cpu_scan._cpu_core, u, delta, A, B, C, D=D, z=z,  # noqa: E731
+                                                  delta_bias=bias, delta_softplus=True)
+    elif impl in ("ours", "ours_1ch", "mamba_ssm"):
         from core.ops import selective_scan
         backend = _our_backend(impl, dev, "triton")
         if BARE:  # the recurrence alone: what the roofline bounds

@@ -112,16 +112,19 @@ static inline vd4 vexp_d4(vd4 x) {
 #define W 8
 #define VEC vf8
 #define VEXP vexp_f8
+#define LOG1P log1pf
 #define VREDUCE vreduce_f8
 #define VSTORE_ADD vstore_add_f8
 #include "scan_impl.h"
 #include "scan_lanes.h"
+#include "scan_elem.h"
 #undef REAL
 #undef EXP
 #undef FN
 #undef W
 #undef VEC
 #undef VEXP
+#undef LOG1P
 #undef VREDUCE
 #undef VSTORE_ADD
 
@@ -131,7 +134,9 @@ static inline vd4 vexp_d4(vd4 x) {
 #define W 4
 #define VEC vd4
 #define VEXP vexp_d4
+#define LOG1P log1p
 #define VREDUCE vreduce_d4
 #define VSTORE_ADD vstore_add_d4
 #include "scan_impl.h"
 #include "scan_lanes.h"
+#include "scan_elem.h"
