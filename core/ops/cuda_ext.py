@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from .dispatch import _REGISTRY, register_backend
+from .varlen import check_seq_idx
 
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _ss_fn
@@ -74,7 +75,7 @@ def ssd_scan_mamba_ssm(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=No
         return _fallback("ssd_scan", x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z,
                          dt_bias=dt_bias, dt_softplus=dt_softplus, initial_states=initial_states,
                          return_final_states=return_final_states, dt_limit=dt_limit, seq_idx=seq_idx)
-    kw = {} if seq_idx is None else {"seq_idx": seq_idx.to(torch.int32).contiguous()}
+    kw = {} if seq_idx is None else {"seq_idx": check_seq_idx(seq_idx, x.shape[0], x.shape[1])}
     return _ssd_fn(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
                    initial_states=initial_states, dt_softplus=dt_softplus,
                    dt_limit=tuple(dt_limit), return_final_states=return_final_states, **kw)
@@ -89,7 +90,7 @@ def causal_conv1d_cuda(x, weight, bias=None, activation=None, initial_states=Non
                          initial_states=initial_states, seq_idx=seq_idx)
     if seq_idx is not None:  # the kernel takes seq_idx only with channel-last x
         x = x.transpose(1, 2).contiguous().transpose(1, 2)
-        return _conv_fn(x, weight, bias=bias, seq_idx=seq_idx.to(torch.int32).contiguous(),
+        return _conv_fn(x, weight, bias=bias, seq_idx=check_seq_idx(seq_idx, x.shape[0], x.shape[-1]),
                         activation=activation)
     if initial_states is not None:
         # the kernel takes initial states only with channel-last x (stride(1) == 1)

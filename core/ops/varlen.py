@@ -84,12 +84,20 @@ def lengths_mask(lengths, seqlen: int) -> torch.Tensor:
 
 
 def check_seq_idx(seq_idx: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
-    """``seq_idx`` as a contiguous (batch, seqlen) int32 tensor, or a clear error."""
+    """``seq_idx`` as a contiguous (batch, seqlen) int32 tensor, or a clear error.
+
+    A new sequence starts wherever ``seq_idx`` changes; the ids are renumbered 0, 1, ...
+    along each row, so kernels that compare ids for equality and kernels that look for
+    changes agree even when an id comes back later in a row (e.g. [0, 0, 1, 0]).
+    """
     if seq_idx.dtype.is_floating_point or seq_idx.dtype == torch.bool or seq_idx.is_complex():
         raise ValueError(f"seq_idx must be an integer tensor (batch, L); got {seq_idx.dtype}")
     if tuple(seq_idx.shape) != (batch, seqlen):
         raise ValueError(f"seq_idx must be (batch, L)=({batch}, {seqlen}); got {tuple(seq_idx.shape)}")
-    return seq_idx.to(torch.int32).contiguous()
+    sq = seq_idx.to(torch.int32)
+    out = torch.zeros_like(sq)
+    out[:, 1:] = (sq[:, 1:] != sq[:, :-1]).cumsum(1, dtype=torch.int32)
+    return out
 
 
 def keep_mask(seq_idx: torch.Tensor) -> torch.Tensor:

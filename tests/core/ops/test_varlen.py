@@ -123,3 +123,21 @@ def test_segment_reverse_index_flips_each_sequence_in_place():
     padded, lens, index = varlen.seq_idx_to_padded(x, sq)
     assert lens.tolist() == [3, 5, 1, 4, 8, 5] and padded.shape == (6, 8)
     assert torch.equal(varlen.padded_to_seq_idx(padded, index, 2, 13), x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_new_sequence_starts_wherever_seq_idx_changes(backend):
+    # ids that come back later in a row ([0, 0, 1, 1, 0, 0]) mean three sequences, in every kernel
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 6, 2, 2, generator=g, dtype=torch.float64)
+    dt, A = torch.rand(1, 6, 2, generator=g, dtype=torch.float64), -torch.rand(2, dtype=torch.float64)
+    B = torch.randn(1, 6, 1, 3, generator=g, dtype=torch.float64)
+    back, plain = torch.tensor([[0, 0, 1, 1, 0, 0]]), torch.tensor([[0, 0, 1, 1, 2, 2]])
+    for sq in (back, plain):
+        assert varlen.check_seq_idx(sq, 1, 6).tolist() == plain.tolist()
+    torch.testing.assert_close(ssd_scan(x, dt, A, B, B, chunk_size=8, seq_idx=back, backend=backend),
+                               ssd_scan(x, dt, A, B, B, chunk_size=8, seq_idx=plain, backend=backend))
+    from core.ops import causal_conv1d
+    u, w = torch.randn(1, 3, 6, generator=g, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(causal_conv1d(u, w, seq_idx=back, backend=backend),
+                               causal_conv1d(u, w, seq_idx=plain, backend=backend))
