@@ -90,12 +90,12 @@ class Mamba(nn.Module):
         (n + 1,) for packed sequences, or ``lengths`` (batch,) for a padded batch (padded
         outputs are zero). Streaming (``inference_params``): with ``lengths`` each row's state
         ends at its length; with ``cu_seqlens`` (and no ``seq_idx``) one state per sequence is
-        cached (cache batch n, mamba_ssm's varlen states); with ``seq_idx`` each row keeps its
+        cached (cache batch n, mamba_ssm's varlen states); with ``seq_idx`` alone each row keeps its
         last sequence's state.
         """
         batch, seqlen, _ = hidden_states.shape
         r = ragged(hidden_states, seq_idx, cu_seqlens, lengths)
-        if inference_params is not None and cu_seqlens is not None and seq_idx is None:
+        if inference_params is not None and cu_seqlens is not None:  # as mamba_ssm, even with seq_idx
             return varlen_prefill(self, hidden_states, inference_params, cu_seqlens)
         by_len = streams_lengths(r, inference_params)  # each row's state must end at its length
         conv_state, ssm_state, fresh = cached_states(self, inference_params, batch)

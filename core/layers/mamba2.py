@@ -98,7 +98,7 @@ class Mamba2(nn.Module):
         """
         batch, seqlen, _ = u.shape
         r = ragged(u, seq_idx, cu_seqlens, lengths)
-        if inference_params is not None and cu_seqlens is not None and seq_idx is None:
+        if inference_params is not None and cu_seqlens is not None:  # as mamba_ssm, even with seq_idx
             return varlen_prefill(self, u, inference_params, cu_seqlens)
         by_len = streams_lengths(r, inference_params)  # each row's state must end at its length
         conv_state, ssm_state, fresh = cached_states(self, inference_params, batch)

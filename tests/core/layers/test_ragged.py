@@ -132,7 +132,7 @@ def test_streaming_with_packed_rows_and_errors():
 
 
 @pytest.mark.parametrize("name", ["mamba", "mamba2", "backbone_mamba2_mlp"])
-@pytest.mark.parametrize("layout", ["lengths", "cu_seqlens"])
+@pytest.mark.parametrize("layout", ["lengths", "cu_seqlens", "both"])
 def test_streaming_a_ragged_batch_continues_every_sequence(name, layout):
     # prefill sequences of different lengths together, then decode all of them step by step:
     # each row continues from its own end (lengths), or one cached state per sequence (cu_seqlens)
@@ -147,8 +147,9 @@ def test_streaming_a_ragged_batch_continues_every_sequence(name, layout):
         xp, ln = packed_to_padded(x, cu)
         y = m(xp, ip, lengths=ln)
         got = [y[i, :n] for i, n in enumerate(lens)]
-    else:
-        y = m(x, ip, cu_seqlens=cu)
+    else:  # mamba_ssm passes seq_idx along with cu_seqlens; cu_seqlens decides the cache
+        kw = {"seq_idx": seq_idx_from_cu_seqlens(cu)} if layout == "both" else {}
+        y = m(x, ip, cu_seqlens=cu, **kw)
         got = list(y[0].split(lens))
     ip.seqlen_offset += 7
     outs = []
