@@ -2,7 +2,6 @@
 the ``train`` pipeline from a folder of WFDB records to a run directory."""
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -12,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.engine import (UserError, best_or_last_checkpoint, load_module, make_trainer, seed_everything,
-                         write_json)
+from core.engine import (UserError, best_or_last_checkpoint, configure_optimizers, load_module, make_trainer,
+                         seed_everything, write_json)
 
 from .data import find_records, load_records, parse_leads
 from .dataset import (TrainData, record_signals, resolve_data_loading, scan_records, split_by_record,
@@ -117,20 +116,9 @@ class ECGModule(L.LightningModule):
             self.log(f"val_{k}", float(v) if np.isfinite(v) else 0.0, prog_bar=k == "challenge_score")
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = self.trainer.estimated_stepping_batches if self.trainer else None
-        if not total or not np.isfinite(total) or total <= 0:
-            return opt
-        total = int(total)
-        warm = max(1, total // 20)
-
-        def factor(step: int) -> float:  # linear warm-up, then cosine decay to 2 %
-            if step < warm:
-                return (step + 1) / warm
-            return max(0.02, 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # AdamW without decay on SSM/norm/bias parameters; linear warm-up (5 %), cosine decay to 2 %
+        return configure_optimizers(self, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                    optimizer="adamw", schedule="warmup_cosine", min_factor=0.02)
 
 
 def resolve_config(cfg: Dict) -> Dict:

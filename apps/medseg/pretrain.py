@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from core.engine import best_or_last_checkpoint, make_trainer, write_json
+from core.engine import best_or_last_checkpoint, configure_optimizers, make_trainer, write_json
 
 from .model import UNetMamba, build_model, count_parameters
 
@@ -91,7 +91,7 @@ class MIMModule(L.LightningModule):
 
     def configure_optimizers(self):
         p = self.config["pretrain"]
-        return torch.optim.AdamW(self.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
+        return configure_optimizers(self, lr=p["lr"], weight_decay=p["weight_decay"])
 
 
 def pretrain_transforms(data_cfg: Mapping):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from core.engine import UserError, best_or_last_checkpoint, make_trainer, poly_lr_scheduler, write_json
+from core.engine import UserError, best_or_last_checkpoint, configure_optimizers, make_trainer, write_json
 
 from .config import lr_schedule
 from .model import build_model, count_parameters
@@ -112,10 +112,10 @@ class SegModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.config["train"]
-        opt = torch.optim.AdamW(self.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
         if lr_schedule(t) == "constant":
-            return opt
-        return {"optimizer": opt, "lr_scheduler": poly_lr_scheduler(opt, self, int(t["steps_per_epoch"]))}
+            return configure_optimizers(self, lr=t["lr"], weight_decay=t["weight_decay"])
+        return configure_optimizers(self, lr=t["lr"], weight_decay=t["weight_decay"], schedule="poly",
+                                    steps_per_epoch=int(t["steps_per_epoch"]))
 
 
 def load_pretrained_into(net: torch.nn.Module, ckpt_path: str | Path) -> Dict[str, int]:

@@ -92,12 +92,11 @@ class ForecastModule(L.LightningModule):
         self.log("val_loss", F.mse_loss(pred, y), on_epoch=True, prog_bar=True, batch_size=x.shape[0])
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]  # a stage trains only its own part
-        opt = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        decay, hold = self.hparams.lr_decay, self.hparams.lr_hold
-        # TSLib "type1" (hold 0, decay 0.5); LTSF-Linear's "type3" is hold 3, decay 0.9
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda ep: decay ** max(0, ep - hold))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        # trainable parameters only (a stage trains only its own part); TSLib "type1" decay is hold 0,
+        # decay 0.5; LTSF-Linear's "type3" is hold 3, decay 0.9
+        return configure_optimizers(self, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                    optimizer="adam", schedule="step_decay", decay=self.hparams.lr_decay,
+                                    hold=self.hparams.lr_hold)
 
 
 def resolve_config(model: str, config: Optional[Dict[str, Any]] = None,

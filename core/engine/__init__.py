@@ -1,5 +1,5 @@
 """What every app needs once: the CLI kit (app contract), trainer factory, checkpoints, config,
-atomic I/O, errors.
+atomic I/O, errors, optimisers.
 
 Importing this package (or :mod:`core.engine.cli`) does not import torch or Lightning: the
 trainer helpers load on first use, so a console script reports bad arguments in well under a second.
@@ -13,8 +13,11 @@ from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, UserError, cli_main
 from .io import atomic_path, atomic_save, atomic_write, ensure_new, write_json
 
 # torch/Lightning-backed names, imported on first access (PEP 562)
-_LAZY = {name: ".trainer" for name in ("best_or_last_checkpoint", "budget_fraction", "load_module", "make_trainer",
-                                       "poly_lr_scheduler", "progress", "seed_everything")}
+_LAZY = {name: ".trainer" for name in ("best_or_last_checkpoint", "load_module", "make_trainer", "progress",
+                                       "seed_everything")}
+_LAZY.update({name: ".optim" for name in ("budget_fraction", "configure_optimizers", "make_optimizer",
+                                          "no_weight_decay_names", "param_groups", "poly_lr_scheduler",
+                                          "step_decay_scheduler", "warmup_cosine_scheduler")})
 
 
 def __getattr__(name):
@@ -36,4 +39,6 @@ __all__ = [
     "EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_OK", "UserError", "cli_main", "atomic_path", "atomic_save",
     "atomic_write", "ensure_new", "write_json", "best_or_last_checkpoint", "load_module", "make_trainer",
     "progress", "seed_everything", "budget_fraction", "poly_lr_scheduler",
+    "configure_optimizers", "make_optimizer", "no_weight_decay_names", "param_groups", "step_decay_scheduler",
+    "warmup_cosine_scheduler",
 ]

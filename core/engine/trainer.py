@@ -11,6 +11,7 @@ import torch
 
 from .config import parse_max_time
 from .errors import UserError
+from .optim import budget_fraction, poly_lr_scheduler  # noqa: F401  (moved to optim; old import path kept)
 
 M = TypeVar("M")
 
@@ -126,32 +127,3 @@ def progress(iterable: Iterable, description: str = "working", total: Optional[i
     yield from track(iterable, description=description, total=total, console=Console(stderr=True),
                      transient=False)
 
-
-def budget_fraction(trainer, steps_per_epoch: Optional[int] = None) -> float:
-    """Share of the run's budget already spent, in [0, 1]: the furthest of global steps over
-    ``max_steps``, over ``max_epochs * steps_per_epoch``, and wall time over ``max_time``."""
-    from lightning.pytorch.callbacks import Timer
-
-    frac, step = 0.0, trainer.global_step
-    if trainer.max_steps and trainer.max_steps > 0:
-        frac = step / trainer.max_steps
-    if steps_per_epoch and trainer.max_epochs and trainer.max_epochs > 0:
-        frac = max(frac, step / (trainer.max_epochs * steps_per_epoch))
-    for cb in trainer.callbacks:
-        if isinstance(cb, Timer):
-            left = cb.time_remaining("train")
-            if left is not None:
-                used = cb.time_elapsed("train")
-                frac = max(frac, used / max(used + left, 1e-9))
-    return min(max(frac, 0.0), 1.0)
-
-
-def poly_lr_scheduler(optimizer, module, steps_per_epoch: Optional[int] = None, power: float = 0.9) -> dict:
-    """nnU-Net's polynomial decay, lr * (1 - spent) ** power, per step, over the run's budget
-    (:func:`budget_fraction`, so ``--max-time`` runs decay too). Lightning scheduler config dict."""
-
-    def factor(_):
-        trainer = getattr(module, "_trainer", None)
-        return (1.0 - budget_fraction(trainer, steps_per_epoch)) ** power if trainer is not None else 1.0
-
-    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
