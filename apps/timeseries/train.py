@@ -17,8 +17,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from core.engine import (UserError, best_or_last_checkpoint, load_module, make_trainer, merge_config,
-                         prepare_run_dir, seed_everything, write_json)
+from core.engine import (UserError, best_or_last_checkpoint, configure_optimizers, load_module, make_trainer,
+                         merge_config, prepare_run_dir, seed_everything, write_json)
 
 from .data import SeriesData, auto_cycle_len, load_series
 from .models import MODELS, build_model, linear_path, set_linear_only, zero_branch_output
