@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.engine import UserError, best_or_last_checkpoint, configure_optimizers, make_trainer, write_json
+from core.engine.checkpoint import safe_load
 
 from .config import lr_schedule
 from .model import build_model, count_parameters
@@ -126,11 +127,10 @@ def load_pretrained_into(net: torch.nn.Module, ckpt_path: str | Path) -> Dict[st
     p = Path(ckpt_path)
     if not p.is_file():
         raise UserError(p, "pretraining checkpoint not found")
-    try:
-        ck = torch.load(str(p), map_location="cpu", weights_only=False)
-        sd = ck["state_dict"]
-    except Exception as e:
-        raise UserError(p, f"not a readable checkpoint ({type(e).__name__})") from None
+    ck = safe_load(p)  # weights and plain config only; anything else is refused, never run
+    sd = ck.get("state_dict") if isinstance(ck, dict) else None
+    if not isinstance(sd, dict):
+        raise UserError(p, "not a Lightning checkpoint (no state_dict)")
     pre = {k[len("mim.net."):]: v for k, v in sd.items() if k.startswith("mim.net.")}
     if not pre:
         raise UserError(p, "not an ssm-medseg pretraining checkpoint (no mim.net.* weights)")

@@ -7,6 +7,7 @@ trainer helpers load on first use, so a console script reports bad arguments in 
 from .cli import (AppCLI, AppParser, Deadline, ItemFailures, OutputFolder, check_keys, check_new_output,
                   deprecate, describe_error, global_rank, is_rank_zero, rank_zero_print, require_extra,
                   require_paths, resolve_checkpoint, resolve_config)
+from .checkpoint import UnsafeCheckpointError, safe_globals, safe_load
 from .config import (add_trainer_args, deep_update, load_config, max_time_seconds, merge_config,
                      parse_max_time, parse_set_pairs, prepare_run_dir, trainer_kwargs_from_args)
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, UserError, cli_main
@@ -40,5 +41,5 @@ __all__ = [
     "atomic_write", "ensure_new", "write_json", "best_or_last_checkpoint", "load_module", "make_trainer",
     "progress", "seed_everything", "budget_fraction", "poly_lr_scheduler",
     "configure_optimizers", "make_optimizer", "no_weight_decay_names", "param_groups", "step_decay_scheduler",
-    "warmup_cosine_scheduler",
+    "warmup_cosine_scheduler", "UnsafeCheckpointError", "safe_globals", "safe_load",
 ]

@@ -52,6 +52,9 @@ def make_trainer(out_dir: str | Path, max_epochs: Optional[int] = None, max_time
     import lightning
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.plugins.io import CheckpointIO
+
+    from .checkpoint import safe_checkpoint_io
 
     _quiet_lightning()
     out = Path(out_dir)
@@ -79,6 +82,11 @@ def make_trainer(out_dir: str | Path, max_epochs: Optional[int] = None, max_time
         max_epochs = 10
     if accelerator == "auto" and not torch.cuda.is_available():
         accelerator = "cpu"
+    plugins = trainer_kwargs.get("plugins") or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(pl, CheckpointIO) for pl in plugins):
+        # resuming (fit/validate/test with ckpt_path=...) reads checkpoints through safe_load too
+        trainer_kwargs["plugins"] = plugins + [safe_checkpoint_io()]
     return lightning.Trainer(
         default_root_dir=str(out), max_epochs=max_epochs if max_epochs is not None else -1,
         max_time=parse_max_time(max_time), accelerator=accelerator, devices=devices,
@@ -99,16 +107,23 @@ def best_or_last_checkpoint(out_dir: str | Path) -> Path:
 def load_module(ckpt_path: str | Path, module_cls: Type[M], map_location: Any = "cpu", **kwargs) -> M:
     """Load a LightningModule whose config travels in the checkpoint (``save_hyperparameters``).
 
-    Any failure becomes a one-line :class:`UserError` naming the file.
+    The file is read with ``weights_only=True`` and the allow-list of :mod:`core.engine.checkpoint`,
+    so a checkpoint carrying other Python objects is refused, never executed. Any failure becomes a
+    one-line :class:`UserError` naming the file.
     """
-    p = Path(ckpt_path)
-    if not p.is_file():
-        raise UserError(p, "checkpoint not found")
+    import pickle
+
+    from .checkpoint import precheck, refusal, safe_globals
+
+    p = precheck(ckpt_path)
     try:
-        module = module_cls.load_from_checkpoint(str(p), map_location=map_location, weights_only=False,
-                                                 **kwargs)
+        with torch.serialization.safe_globals(safe_globals()):
+            module = module_cls.load_from_checkpoint(str(p), map_location=map_location, weights_only=True,
+                                                     **kwargs)
     except UserError:
         raise
+    except pickle.UnpicklingError as e:  # a pickled object outside the allow-list: never executed
+        raise refusal(p, str(e)) from None
     except Exception as e:  # corrupt zip, wrong app, missing keys...
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise UserError(p, f"not a valid {module_cls.__name__} checkpoint ({first})") from None
