@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.engine import UserError
+from core.engine import UserError, safe_load
 
 from .data import SeqData, loader
 from .metrics import KS, rank_metrics, target_ranks
@@ -26,15 +26,13 @@ def load_checkpoint(path: str | Path) -> RecModule:
             if cand.is_file():
                 p = cand
                 break
-    if not p.is_file():
-        raise UserError(p, "checkpoint not found")
+    ck = safe_load(p)  # weights_only + the project's allow-list: pickled code is refused in one line
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
         hp = dict(ck["hyper_parameters"])
         module = RecModule(**hp)
         module.load_state_dict(ck["state_dict"], strict=True)
         module.serving = ck.get("recsys", {})
-    except Exception as e:  # corrupt zip, another app's checkpoint, missing keys, unsafe pickle...
+    except Exception as e:  # another app's checkpoint, missing keys...
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise UserError(p, f"not a recsys checkpoint ({first})") from None
     if not module.serving.get("item_ids"):

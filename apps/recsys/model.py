@@ -96,7 +96,10 @@ class RecModule(L.LightningModule):
                      batch_size=B, sync_dist=True)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        from core.engine import configure_optimizers
+
+        # no decay on SSM tags, norms and biases (core.engine.optim)
+        return configure_optimizers(self, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, optimizer="adam")
 
 
 def model_config(name: str, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
