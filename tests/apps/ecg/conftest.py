@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import scipy.io
 
-SAMPLE = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "ecg" / "cinc2021-sample"
+from tests.conftest import shared_data
+
 
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
-    if not (SAMPLE / "E07500.hea").is_file():
-        pytest.skip(f"real ECG sample data not found at {SAMPLE}")
-    return SAMPLE.resolve()
+    return shared_data("ecg/cinc2021-sample", "E07500.hea")
 
 
 TRAIN_ARGS = ["--preset", "tiny", "--fs", "250", "--window-s", "4", "--batch-size", "8", "--max-epochs", "2",

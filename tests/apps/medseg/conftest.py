@@ -10,16 +10,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-COLIN = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "medseg" / "colin27"
+from tests.conftest import shared_data
+
 
 os.environ.setdefault("SSM_NO_PROGRESS", "1")
 
 
 @pytest.fixture(scope="session")
 def colin() -> Path:
-    if not (COLIN / "ch2.nii.gz").is_file():
-        pytest.skip(f"Colin27 data not found at {COLIN}")
-    return COLIN.resolve()
+    return shared_data("medseg/colin27", "ch2.nii.gz", "ch2bet.nii.gz")
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,16 @@
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from apps.recsys.cli import main
+from tests.conftest import shared_data
 
-ML100K = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "recsys" / "ml-100k" / "ml-100k.inter"
 
 
 @pytest.fixture(scope="session")
 def ml100k():
-    if not ML100K.is_file():
-        pytest.skip("MovieLens-100K not found at ../shared/data/recsys/ml-100k")
-    return ML100K
+    return shared_data("recsys/ml-100k/ml-100k.inter")
 
 
 @pytest.fixture(scope="session")
