@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-APPS = ("timeseries", "ecg", "medseg", "recsys", "asr")
+APPS = ("timeseries", "ecg", "medseg", "recsys", "asr", "graph")
 
 
 def main(argv=None) -> int:

@@ -77,6 +77,9 @@ def load_graphs(path: str | Path, schema: Optional[Dict] = None, limit: Optional
 
 def _read_rows(path: Path, width: Optional[int] = None, dtype=float, what: str = "values"):
     """Comma-separated rows -> (array (n, w), bad {line_no: problem}); rows of the wrong width are bad."""
+    fast = _read_fast(path, width, dtype)
+    if fast is not None:
+        return fast, {}
     rows, bad = [], {}
     with open(path, encoding="utf-8", errors="replace") as f:
         for i, line in enumerate(f, 1):
@@ -97,6 +100,25 @@ def _read_rows(path: Path, width: Optional[int] = None, dtype=float, what: str =
             rows.append(vals if vals is not None else [0] * (width or 0))
     arr = np.asarray(rows, dtype=np.int64 if dtype is int else np.float32).reshape(len(rows), width or 0)
     return arr, bad
+
+
+def _read_fast(path: Path, width: Optional[int], dtype):
+    """pandas' C reader when every row is well formed (the common case); None sends us to the
+    line-by-line reader that names bad lines."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, header=None, skipinitialspace=True, dtype=np.float64)
+    except Exception:
+        return None
+    if df.isna().any().any() or (width is not None and df.shape[1] != width):
+        return None
+    arr = df.to_numpy()
+    if dtype is int:
+        if not np.all(arr == np.round(arr)):
+            return None
+        return arr.astype(np.int64)
+    return arr.astype(np.float32)
 
 
 def _tu_prefix(folder: Path) -> str:
@@ -217,7 +239,7 @@ def load_tu(folder: str | Path, schema: Optional[Dict] = None) -> Loaded:
     keep_graph[counts == 0] = False
     src = folder
     tmp = None
-    if bad_graphs or not good.all() or (counts[1:] == 0).any():
+    if bad_graphs or not good.all() or (counts[1:] == 0).any() or keep_graph.sum() == 1:
         # read_tu_data reads whole files: give it a copy without the failed graphs.
         tmp = Path(tempfile.mkdtemp(prefix="ssm-graph-tu-"))
         src = _write_filtered_tu(folder, prefix, tmp, gi, A, good, gu, keep_graph, labels is not None)
@@ -286,9 +308,13 @@ def _write_filtered_tu(folder, prefix, tmp, gi, A, good, gu, keep_graph, has_lab
     edge_keep = good & keep_graph[np.where(good, gu, 0)]
     src = lambda name: folder / f"{prefix}_{name}.txt"  # noqa: E731
     dst = lambda name: tmp / f"{prefix}_{name}.txt"  # noqa: E731
-    np.savetxt(dst("A"), np.stack([new_id[A[edge_keep, 0] - 1], new_id[A[edge_keep, 1] - 1]], 1), fmt="%d",
-               delimiter=", ")
-    np.savetxt(dst("graph_indicator"), new_gid[gi[node_keep]], fmt="%d")
+    # PyG's text reader squeezes one-line files to 0-d tensors: a single graph is written twice
+    # and the copy ignored by the caller.
+    reps = 2 if keep_graph.sum() == 1 else 1
+    n_kept = int(node_keep.sum())
+    edges = np.stack([new_id[A[edge_keep, 0] - 1], new_id[A[edge_keep, 1] - 1]], 1)
+    np.savetxt(dst("A"), np.concatenate([edges + r * n_kept for r in range(reps)]), fmt="%d", delimiter=", ")
+    np.savetxt(dst("graph_indicator"), np.concatenate([new_gid[gi[node_keep]] + r for r in range(reps)]), fmt="%d")
     for name, mask in (("node_labels", node_keep), ("node_attributes", node_keep),
                        ("edge_labels", edge_keep), ("edge_attributes", edge_keep),
                        ("graph_labels", keep_graph[1:]), ("graph_attributes", keep_graph[1:])):
@@ -296,7 +322,8 @@ def _write_filtered_tu(folder, prefix, tmp, gi, A, good, gu, keep_graph, has_lab
             lines = src(name).read_text(encoding="utf-8", errors="replace").splitlines()
             if name.startswith("graph") and not has_labels:
                 continue
-            dst(name).write_text("\n".join(ln for ln, k in zip(lines, mask) if k) + "\n", encoding="utf-8")
+            kept = [ln for ln, k in zip(lines, mask) if k]
+            dst(name).write_text("\n".join(kept * reps) + "\n", encoding="utf-8")
     return tmp
 
 
