@@ -147,6 +147,9 @@ def cmd_demo(args) -> int:
 @cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from core.engine.cli import require_extra
+
+    require_extra("graph", ("torch_geometric", "rdkit", "sklearn", "pandas"))
     return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo}[args.cmd](args)
 
 
