@@ -87,8 +87,8 @@ def bench_brain(args) -> None:
     run = work / "run"
     mins = int(args.minutes)
     cmd = ["nice", "-n", "10", sys.executable, "-m", "apps.medseg.cli", "train", "--datalist", train_json,
-           "--out", run, "--config", cfg, "--max-time", f"00:00:{mins:02d}:00", "--seed", "0", "--overwrite",
-           "--accelerator", "cpu"]
+           "--out", run] + ([] if args.auto else ["--config", cfg]) + [
+           "--max-time", f"00:00:{mins:02d}:00", "--seed", "0", "--overwrite", "--accelerator", "cpu"]
     with open(work / "train.log", "w") as log:
         t_train = _run(cmd, log)
     ckpt = best_or_last_checkpoint(run)  # last.ckpt when no validation ran yet
@@ -101,6 +101,8 @@ def bench_brain(args) -> None:
     summary = {"train_command": " ".join(map(str, cmd)), "eval_command": " ".join(map(str, ev)),
                "train_wall_s": round(t_train, 1), "eval_wall_s": round(t_eval, 1), "train": metrics,
                "cases": res["cases"], "mean_dice": res["mean_dice"]}
+    if (run / "plans.json").is_file():  # no --config: the plan train made
+        summary["plan"] = json.loads((run / "plans.json").read_text())["config"]
     (work / "brain_summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 
@@ -285,6 +287,7 @@ def main() -> None:
     s = sub.add_parser("brain")
     s.add_argument("--work", required=True)
     s.add_argument("--minutes", type=int, default=20)
+    s.add_argument("--auto", action="store_true", help="no config: train plans from the data (ssm-medseg plan)")
     s.set_defaults(fn=bench_brain)
     s = sub.add_parser("pretrain-gain")
     s.add_argument("--work", required=True)

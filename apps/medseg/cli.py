@@ -26,8 +26,9 @@ def _progress() -> bool:
     return os.environ.get("SSM_NO_PROGRESS") != "1"
 
 
-def _config(args) -> dict:
-    cfg = merge_config(DEFAULTS, load_config(args.config), parse_set_pairs(args.set_pairs))
+def _config(args, plan: Optional[dict] = None) -> dict:
+    base = merge_config(DEFAULTS, plan["config"], strict=False) if plan else DEFAULTS
+    cfg = merge_config(base, load_config(args.config), parse_set_pairs(args.set_pairs))
     for key in ("data", "model", "train", "pretrain"):
         if not isinstance(cfg.get(key), dict):
             raise UserError("config", f"'{key}' must be a mapping")
@@ -52,7 +53,7 @@ def _check_patch(cfg: dict) -> None:
 
 
 # Our own outputs in a run directory, removed (with the trainer's) when it is reused.
-RUN_FILES = ("reconstructions", "metrics.json", "config.json")
+RUN_FILES = ("reconstructions", "metrics.json", "config.json", "plans.json")
 
 
 def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -65,11 +66,17 @@ def cmd_train(args) -> int:
     from .data import load_dataset
     from .train import run_train
 
-    cfg = _config(args)
-    _check_patch(cfg)
+    from .plan import plan_for_training
+
+    _config(args)  # a bad --config/--set fails before the fingerprint is taken
     ds = load_dataset(args.datalist, args.data_dir)
     out = Path(args.out)
     prepare_run_dir(out, args.overwrite, clear=RUN_FILES)
+    plan = plan_for_training(ds, args.plan, out, args.max_time, args.accelerator, args.seed)
+    cfg = _config(args, plan)
+    if plan:
+        cfg["plan"] = {k: plan[k] for k in ("version", "fingerprint", "budget", "notes")}
+    _check_patch(cfg)
     seed_everything(args.seed)
     init = args.init_from or cfg["train"].get("init_from")
     res = run_train(cfg, ds, out, trainer_kwargs_from_args(args), args.num_workers, init, args.seed, _progress())
@@ -132,7 +139,8 @@ def cmd_evaluate(args) -> int:
         raise UserError(args.datalist or args.data_dir, f"{ds['num_channels']} channel(s); the model expects "
                                                         f"{module.hparams.in_channels}")
     res = evaluate_cases(module, cases, args.device, args.tta, args.keep_largest)
-    res.update({"checkpoint": str(args.checkpoint), "split": split, "keep_largest": args.keep_largest})
+    res.update({"checkpoint": str(args.checkpoint), "split": split, "keep_largest": args.keep_largest,
+                "postprocessing": module.config.get("postprocessing")})
     print(format_table(res))
     if path is not None:
         write_json(path, res)
@@ -142,7 +150,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from .evaluate import load_segmenter
-    from .infer import predict_file_cases
+    from .infer import postprocessing_classes, predict_file_cases
 
     module = load_segmenter(args.checkpoint, args.device)
     cfg = module.config
@@ -153,12 +161,31 @@ def cmd_predict(args) -> int:
         module.net, args.input, out, cfg["data"], cfg["data"]["patch_size"], int(module.hparams.in_channels),
         sw_batch_size=cfg["train"]["sw_batch_size"], overlap=args.overlap or cfg["train"]["overlap"],
         device=args.device, tta=args.tta, save_probabilities=args.save_probabilities, overwrite=args.overwrite,
-        keep_largest=args.keep_largest,
+        keep_largest=args.keep_largest, keep_largest_classes=postprocessing_classes(cfg, False),
         log=lambda s: print(s, file=sys.stderr if s.startswith("error") else sys.stdout, flush=True))
     print(f"{len(written)} case(s) written to {out}, {len(failures)} failed")
     if failures:
         print("failed:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 2  # bad input, as everywhere in the project
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from core.engine import max_time_seconds
+
+    from .data import load_dataset
+    from .plan import budget_device, format_plan, plan_dataset
+
+    src = Path(args.data_dir) if args.data_dir else Path(args.datalist).parent
+    path = Path(args.out) if args.out else src / "plans.json"
+    if path.exists() and not args.overwrite:
+        raise UserError(path, "already exists (pass --overwrite to replace it)")
+    ds = load_dataset(args.datalist, args.data_dir)
+    plan = plan_dataset(ds, budget_device(args.accelerator), max_time_seconds(args.max_time), args.seed or 0,
+                        _progress())
+    write_json(path, plan)
+    print(format_plan(plan))
+    print(f"wrote {path}")
     return 0
 
 
@@ -183,8 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_trainer_args(s)
     s.set_defaults(fn=cmd_pretrain)
 
+    s = sub.add_parser("plan", help="dataset fingerprint -> plans.json (spacing, patch, normalisation, ...)")
+    _data_args(s)
+    s.add_argument("--out", default=None, help="plans.json path (default: in the dataset folder)")
+    s.add_argument("--max-time", default=None, help="training budget DD:HH:MM:SS the plan is sized for")
+    s.add_argument("--accelerator", default="auto", help="cpu, gpu, auto: the device the plan is sized for")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_plan)
+
     s = sub.add_parser("train", help="supervised training (Dice + CE), best checkpoint by validation Dice")
     _data_args(s)
+    s.add_argument("--plan", default=None, metavar="PLANS_JSON",
+                   help="plan from `ssm-medseg plan` (default: plan now; 'none': the built-in defaults); "
+                        "--config/--set override its fields")
     s.add_argument("--init-from", default=None, metavar="PRETRAIN_CKPT", help="start from a MambaMIM checkpoint")
     add_trainer_args(s)
     s.set_defaults(fn=cmd_train)
@@ -196,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="folder for evaluation.json")
     s.add_argument("--device", default="cpu")
     s.add_argument("--keep-largest", action="store_true",
-                   help="keep only the largest connected component of each class (single-piece organs)")
+                   help="keep only the largest connected component of every class (default: of the classes "
+                        "where training found it raised validation Dice)")
     s.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_evaluate)
@@ -208,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="output folder: OUT/CASE.nii.gz")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--keep-largest", action="store_true",
-                   help="keep only the largest connected component of each class (single-piece organs)")
+                   help="keep only the largest connected component of every class (default: of the classes "
+                        "where training found it raised validation Dice)")
     s.add_argument("--tta", action="store_true", help="mirror test-time augmentation (4x slower)")
     s.add_argument("--save-probabilities", action="store_true", help="also write OUT/CASE_probabilities.nii.gz")
     s.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default from training)")

@@ -89,6 +89,7 @@ def read_datalist(path: str | Path, check_files: bool = True) -> Dict[str, List[
                 if not Path(f).is_file():
                     raise UserError(f, f"file listed in {p.name} (case {c['name']}) not found")
     out["labels"] = meta.get("labels")
+    out["channel_names"] = meta.get("channel_names") or meta.get("modality")  # modality, for the planner
     out["num_channels"] = len(out["training"][0]["image"])
     return out
 
@@ -172,6 +173,7 @@ def read_nnunet_dir(root: str | Path) -> Dict[str, List[dict]]:
         raise UserError(img_dir, "no training cases found")
     _check_channel_counts(root, out["training"] + out["test"])
     out["labels"] = meta.get("labels")
+    out["channel_names"] = meta.get("channel_names") or meta.get("modality")  # modality, for the planner
     out["num_channels"] = len(out["training"][0]["image"])
     return out
 

@@ -10,7 +10,8 @@ import torch
 from core.engine import UserError, load_module, progress
 
 from .data import load_case
-from .infer import keep_largest_component, preprocess_case, probs_to_input_grid, sliding_window_probs
+from .infer import (keep_largest_component, postprocessing_classes, preprocess_case, probs_to_input_grid,
+                    sliding_window_probs)
 
 
 def load_segmenter(ckpt: str | Path, device: str = "cpu"):
@@ -52,8 +53,10 @@ def dice_hd95(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing: Se
 
 def evaluate_cases(module, cases: Sequence[Mapping], device: str = "cpu", tta: bool = False,
                    keep_largest: bool = False) -> dict:
-    """Predict each labelled case through the full predict path (on its own grid) and score it."""
+    """Predict each labelled case through the full predict path (on its own grid) and score it.
+    Post-processing as in ``predict``: every class with ``keep_largest``, else training's decision."""
     cfg = module.config
+    pp = postprocessing_classes(cfg, keep_largest)
     k = int(module.hparams.num_classes)
     names = list(module.names)
     rows = []
@@ -62,8 +65,8 @@ def evaluate_cases(module, cases: Sequence[Mapping], device: str = "cpu", tta: b
         probs = sliding_window_probs(module.net, x, cfg["data"]["patch_size"], cfg["train"]["sw_batch_size"],
                                      cfg["train"]["overlap"], device, tta)
         pred, _ = probs_to_input_grid(probs, x.affine, ref)
-        if keep_largest:
-            pred = keep_largest_component(pred)
+        if pp is None or pp:
+            pred = keep_largest_component(pred, pp)
         _, truth, _ = load_case(c["image"], c["label"], c["name"])
         if truth.max() >= k:
             raise UserError(c["label"], f"case {c['name']}: label {int(truth.max())} but the model has {k} classes")

@@ -101,21 +101,28 @@ def probs_to_input_grid(probs: torch.Tensor, src_affine: torch.Tensor, ref: nib.
     return labels, (np.concatenate(kept, 0) if kept is not None else None)
 
 
-def keep_largest_component(labels: np.ndarray) -> np.ndarray:
-    """Per foreground class keep only its largest 26-connected component (nnU-Net-style
-    post-processing for single-piece organs such as the brain). labels (X, Y, Z) uint8."""
-    from scipy import ndimage
+def keep_largest_component(labels: np.ndarray, classes: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Keep only the largest 26-connected component of each class in ``classes`` (default: every
+    foreground class), with MONAI's ``KeepLargestConnectedComponent``; the removed voxels become
+    background (nnU-Net-style post-processing). labels (X, Y, Z) uint8 -> same."""
+    from monai.transforms import KeepLargestConnectedComponent
 
-    out = labels.copy()
-    for c in np.unique(labels):
-        if c == 0:
-            continue
-        comp, n = ndimage.label(labels == c, structure=np.ones((3, 3, 3), bool))
-        if n > 1:
-            sizes = np.bincount(comp.ravel())
-            sizes[0] = 0
-            out[(comp > 0) & (comp != sizes.argmax())] = 0
-    return out
+    present = [int(c) for c in np.unique(labels) if c != 0]
+    todo = present if classes is None else [c for c in present if c in {int(k) for k in classes}]
+    if not todo:
+        return labels.copy()
+    klcc = KeepLargestConnectedComponent(applied_labels=todo, is_onehot=False, independent=True)
+    out = klcc(torch.as_tensor(labels.astype(np.int64))[None])[0]
+    out = out.as_tensor() if isinstance(out, MetaTensor) else out
+    return np.asarray(out).astype(labels.dtype)
+
+
+def postprocessing_classes(config: Mapping, keep_largest: bool) -> Optional[List[int]]:
+    """Classes to keep the largest component of: every class with ``--keep-largest``, else what
+    training decided on validation (``config["postprocessing"]["keep_largest"]``), else none."""
+    if keep_largest:
+        return None  # all
+    return [int(c) for c in (config.get("postprocessing") or {}).get("keep_largest", [])]
 
 
 def _output_header(ref: nib.Nifti1Image, dtype) -> nib.Nifti1Header:
@@ -161,8 +168,12 @@ def predict_file_cases(net: Callable[[torch.Tensor], torch.Tensor], inputs: Sequ
                        out_dir: str | Path, data_cfg: Mapping, roi_size: Sequence[int], num_channels: int,
                        sw_batch_size: int = 2, overlap: float = 0.25, device: str = "cpu", tta: bool = False,
                        save_probabilities: bool = False, overwrite: bool = False,
-                       log: Callable[[str], None] = print, keep_largest: bool = False) -> Tuple[List[Path], List[str]]:
+                       log: Callable[[str], None] = print, keep_largest: bool = False,
+                       keep_largest_classes: Optional[Sequence[int]] = ()) -> Tuple[List[Path], List[str]]:
     """Predict every case in ``inputs`` (folders in nnU-Net naming and/or files) into ``out_dir``.
+
+    Post-processing: ``keep_largest`` keeps the largest component of every class; otherwise of
+    the classes in ``keep_largest_classes`` (training's decision, stored in the checkpoint).
 
     A bad case is reported in one line and skipped; returns (written mask paths, failure lines).
     """
@@ -190,8 +201,8 @@ def predict_file_cases(net: Callable[[torch.Tensor], torch.Tensor], inputs: Sequ
             x, ref = preprocess_case(paths, data_cfg, name)
             probs = sliding_window_probs(net, x, roi_size, sw_batch_size, overlap, device, tta)
             labels, p_in = probs_to_input_grid(probs, x.affine, ref, keep_probs=save_probabilities)
-            if keep_largest:
-                labels = keep_largest_component(labels)
+            if keep_largest or keep_largest_classes:
+                labels = keep_largest_component(labels, None if keep_largest else keep_largest_classes)
             save_mask(labels, ref, out_path, overwrite=overwrite)
             if save_probabilities:
                 p4 = np.ascontiguousarray(np.moveaxis(p_in, 0, -1), dtype=np.float32)

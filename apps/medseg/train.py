@@ -146,6 +146,55 @@ def load_pretrained_into(net: torch.nn.Module, ckpt_path: str | Path) -> Dict[st
     return {"loaded": len(take), "total": len(own)}
 
 
+@torch.no_grad()
+def decide_postprocessing(module: "SegModule", val_dl) -> Dict:
+    """nnU-Net's post-processing decision on the validation cases: per foreground class, keep only
+    the largest connected component (MONAI ``KeepLargestConnectedComponent``) when that raises the
+    class's mean validation Dice, and not otherwise. Returns ``{"keep_largest": [classes],
+    "dice_before": [...], "dice_after": [...]}`` (per foreground class)."""
+    from .infer import keep_largest_component, sliding_window_probs
+
+    cfg = module.config
+    k = int(module.hparams.num_classes)
+    module.eval()
+    before, after = [], []
+    for batch in val_dl:
+        for x, y in zip(batch["image"], batch["label"]):
+            probs = sliding_window_probs(module.net, x, cfg["data"]["patch_size"], cfg["train"]["sw_batch_size"],
+                                         cfg["train"]["overlap"])
+            pred = probs.argmax(0).numpy().astype(np.uint8)
+            truth = np.asarray(torch.as_tensor(y)[0]).astype(np.int64)
+            before.append(class_dice(pred, truth, k))
+            after.append([class_dice(keep_largest_component(pred, [c]), truth, k)[c - 1] for c in range(1, k)])
+    if not before:
+        return {"keep_largest": [], "dice_before": [], "dice_after": []}
+    b, a = np.mean(before, 0), np.mean(after, 0)
+    keep = [c for c in range(1, k) if a[c - 1] > b[c - 1]]
+    return {"keep_largest": keep, "dice_before": b.round(5).tolist(), "dice_after": a.round(5).tolist()}
+
+
+def class_dice(pred: np.ndarray, truth: np.ndarray, k: int) -> List[float]:
+    """Per foreground class Dice of integer masks ``(X, Y, Z)`` (empty in both: 1)."""
+    out = []
+    for c in range(1, k):
+        p, t = pred == c, truth == c
+        den = int(p.sum()) + int(t.sum())
+        out.append(1.0 if den == 0 else 2.0 * int((p & t).sum()) / den)
+    return out
+
+
+def store_postprocessing(ckpt_paths: Sequence[Path], decision: Mapping) -> None:
+    """Write the decision into each checkpoint's config (``config["postprocessing"]``), atomically."""
+    from core.engine import atomic_save
+
+    for p in ckpt_paths:
+        if not Path(p).is_file():
+            continue
+        ck = torch.load(str(p), map_location="cpu", weights_only=False)
+        ck["hyper_parameters"]["config"]["postprocessing"] = dict(decision)
+        atomic_save(ck, p, overwrite=True)
+
+
 def make_loaders(train_cases, val_cases, cfg: Mapping, num_workers: int = 0):
     """Cached training patches (``steps_per_epoch`` batches per epoch) and whole validation volumes."""
     from monai.data import list_data_collate
@@ -187,10 +236,18 @@ def run_train(cfg: dict, ds: Mapping, out: Path, trainer_kwargs: Mapping, num_wo
     trainer.fit(module, train_dl, val_dl)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = best_or_last_checkpoint(out)
+    post = None
+    if trainer.is_global_zero:
+        from core.engine import load_module
+
+        post = decide_postprocessing(load_module(best, SegModule), val_dl)
+        store_postprocessing(sorted((out / "checkpoints").glob("*.ckpt")), post)
+        cfg["postprocessing"] = post
     cb = trainer.checkpoint_callback
     result = {"best_checkpoint": str(best), "best_val_dice": float(cb.best_model_score) if cb and cb.best_model_score is not None else None,
               "last_metrics": metrics, "epochs": trainer.current_epoch, "steps": trainer.global_step,
               "train_seconds": round(time.time() - t0, 1), "parameters": count_parameters(module.net),
-              "num_classes": num_classes, "class_names": names, "init_from": init_from, "init": init_info}
+              "num_classes": num_classes, "class_names": names, "init_from": init_from, "init": init_info,
+              "postprocessing": post}
     write_json(out / "metrics.json", result)
     return result

@@ -60,8 +60,43 @@ class AboveMin:
         return x > lo + self.margin * (x.max() - lo)
 
 
+class PlannedNormalised(T.MapTransform):
+    """Per-channel normalisation from a plan (``data.norm`` a list, one entry per channel):
+    ``{"scheme": "ct", "clip": [lo, hi], "mean", "std"}`` clips to the dataset's foreground
+    percentiles and z-scores with its foreground statistics (nnU-Net's CT scheme);
+    ``{"scheme": "zscore"}`` z-scores the channel per case; ``{"scheme": "none"}`` keeps it."""
+
+    def __init__(self, specs: Sequence[Mapping], keys=("image",)):
+        super().__init__(keys)
+        for s in specs:
+            if s.get("scheme") not in ("ct", "zscore", "none"):
+                raise ValueError(f"unknown data.norm scheme {s.get('scheme')!r} (ct, zscore, none)")
+        self.specs = list(specs)
+
+    def __call__(self, d: Mapping) -> Dict[str, Any]:
+        out = dict(d)
+        for key in self.keys:
+            x = out[key]
+            if x.shape[0] != len(self.specs):
+                from core.engine import UserError
+
+                raise UserError(f"data.norm has {len(self.specs)} channel entries, the image has {x.shape[0]}")
+            y = torch.as_tensor(x).clone().float() if not isinstance(x, MetaTensor) else x.clone().float()
+            for c, s in enumerate(self.specs):
+                xc = y[c].as_tensor() if isinstance(y, MetaTensor) else y[c]
+                if s["scheme"] == "ct":
+                    lo, hi = s["clip"]
+                    y[c] = (xc.clamp(float(lo), float(hi)) - float(s["mean"])) / float(s["std"])
+                elif s["scheme"] == "zscore":
+                    y[c] = (xc - xc.mean()) / xc.std().clamp_min(1e-8)
+            out[key] = y
+        return out
+
+
 def _normalise(cfg: Mapping, keys=("image",)) -> List:
     norm = cfg["norm"]
+    if isinstance(norm, (list, tuple)):
+        return [PlannedNormalised(norm, keys)]
     if norm == "ct":
         lo, hi = cfg["ct_window"]
         return [T.ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)]
@@ -106,9 +141,10 @@ def augmentation_transforms(cfg: Mapping) -> List:
     ]
     if level == "none":
         return ts + [T.EnsureTyped(keys, dtype=torch.float32, track_meta=False)]
-    rot = np.deg2rad(float(cfg.get("rotate_deg", 20.0)))
+    rot = cfg.get("rotate_deg", 20.0)
+    rot = [float(np.deg2rad(float(r))) for r in (rot if isinstance(rot, (list, tuple)) else [rot] * 3)]
     smin, smax = cfg.get("scale_range", [0.8, 1.25])
-    ts.append(T.RandAffined(keys, prob=0.8, spatial_size=patch, rotate_range=(rot, rot, rot),
+    ts.append(T.RandAffined(keys, prob=0.8, spatial_size=patch, rotate_range=tuple(rot),
                             scale_range=[(1.0 / smax - 1.0, 1.0 / smin - 1.0)] * 3,
                             mode=("bilinear", "nearest"), padding_mode="border"))
     ts.append(T.CenterSpatialCropd(keys, roi_size=patch))  # when RandAffine did not fire
