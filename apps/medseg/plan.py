@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional, Sequence
 
+import math
+
 import numpy as np
 
 from core.engine import UserError, progress
@@ -147,7 +149,11 @@ def fingerprint(ds: Mapping, seed: int = 0, show_progress: bool = True) -> Dict:
 
 
 def _round_sig(x: float, digits: int = 2) -> float:
-    return float(f"{x:.{digits}g}")
+    """``x`` rounded down to ``digits`` significant digits (never coarser than asked)."""
+    if x <= 0:
+        return float(x)
+    q = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    return float(f"{math.floor(x / q + 1e-9) * q:.{digits + 2}g}")
 
 
 def _patch_for(ctx: np.ndarray, spacing: np.ndarray, scan: np.ndarray, div: int) -> List[int]:
@@ -187,14 +193,12 @@ def plan_from_fingerprint(fp: Mapping, device: str = "cpu", max_time_s: Optional
     div = build_model({"preset": cost["preset"]}, 1, 2).divisor
     s_res = max(float(median_sp.min()), smallest / MIN_STRUCTURE_VOXELS)  # coarsest spacing the structures allow
     s = float(median_sp.min())
-    while True:
-        sp = np.maximum(median_sp, s)
+    while True:  # the finest (rounded) spacing at which the context fits the voxel budget
+        sp = np.array([_round_sig(v) for v in np.maximum(median_sp, s)])
         patch = _patch_for(ctx, sp, scan, div)
         if np.prod(patch) <= voxels or s >= s_res:
             break
         s = min(s * 1.02, s_res)
-    sp = np.array([_round_sig(v) for v in np.maximum(median_sp, s)])
-    patch = _patch_for(ctx, sp, scan, div)
     if all(a >= b for a, b in zip(np.asarray(patch) * sp, scan)):
         notes.append("the patch holds the whole scan")
     while np.prod(patch) > voxels and max(patch) > 2 * div:  # resolution won: shrink the longest side
