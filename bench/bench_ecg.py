@@ -7,8 +7,11 @@ about the same parameter count.
 2. 5-fold cross-validated macro AUROC on the 50 real records of ../shared/data/ecg/cinc2021-sample
    (26 scored classes; macro over classes with positives and negatives): mean of the folds and
    the pooled out-of-fold value.
+3. (``--lead-sets``) 5-fold CV macro AUROC per Challenge lead set (12, 6, 4, 3, 2): one lead-masked
+   model for all of them against one model trained per lead set.
 
     nice -n 10 python bench/bench_ecg.py [--quick] [--json OUT.json]
+    nice -n 10 python bench/bench_ecg.py --lead-sets [--cv-epochs 10 --cv-fs 125 --preset tiny]   # 3.
 """
 from __future__ import annotations
 
@@ -157,6 +160,83 @@ def cross_validate(epochs: int, fs: float, folds: int = 5, seed: int = 0) -> dic
     return out
 
 
+def cross_validate_lead_sets(epochs: int, fs: float, preset: str = "tiny", folds: int = 5, seed: int = 0) -> dict:
+    """5-fold CV, macro AUROC per Challenge lead set: ONE lead-masked model (random lead set per
+    record and step, absent leads zero-filled + presence mask; apps.ecg's default) against FIVE
+    models each trained on one lead set. Same epochs, batch, optimiser and folds for every model."""
+    import numpy as np
+    import torch
+
+    from apps.ecg.data import LEAD_SETS, LEADS_12, WindowDataset, find_records, load_records
+    from apps.ecg.infer import predict_signals
+    from apps.ecg.labels import LabelSpace
+    from apps.ecg.metrics import auroc_auprc_per_class
+    from apps.ecg.model import model_config
+    from apps.ecg.train import ECGModule, trained_lead_sets
+
+    space = LabelSpace.scored()
+    data, _ = load_records(find_records([DATA]), LEADS_12, fs, space)
+    n = len(data.ids)
+    fold_of = np.random.default_rng(seed).permutation(np.arange(n) % folds)
+    window = int(10 * fs)
+    sets = {k: list(LEAD_SETS[k]) for k in (12, 6, 4, 3, 2)}
+    rows = {k: [LEADS_12.index(lead) for lead in v] for k, v in sets.items()}
+
+    def fit(module, signals, labels, k, masked):
+        ds = WindowDataset(signals, labels, window, train=True, seed=seed + k)
+        dl = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(seed + k))
+        opt = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=1e-2)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(dl))
+        module.train()
+        for _ in range(epochs):
+            for x, y in dl:
+                if masked:  # what ECGModule.training_step does
+                    pick = torch.randint(len(module.lead_sets), (len(x),))
+                    x = x * module.set_keep[pick][:, :, None]
+                loss = module.loss_fn(module(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        return module.eval()
+
+    oof = {arm: {s: np.zeros((n, len(space))) for s in sets} for arm in ("masked", "per_set")}
+    fold_auc = {arm: {s: [] for s in sets} for arm in ("masked", "per_set")}
+    t0 = time.time()
+    for k in range(folds):
+        tr, te = np.nonzero(fold_of != k)[0], np.nonzero(fold_of == k)[0]
+        torch.manual_seed(seed + k)
+        one = fit(ECGModule(space.classes, LEADS_12, fs=fs, window_s=10.0, model=model_config(preset),
+                            lead_sets=trained_lead_sets(LEADS_12, True)),
+                  [data.signals[i] for i in tr], data.labels[tr], k, True)
+        for s, lead_rows in rows.items():
+            keep = np.zeros((12, 1), np.float32)
+            keep[lead_rows] = 1
+            p_one, _ = predict_signals(one, [data.signals[i] * keep for i in te])
+            torch.manual_seed(seed + k)
+            own = fit(ECGModule(space.classes, sets[s], fs=fs, window_s=10.0, model=model_config(preset)),
+                      [data.signals[i][lead_rows] for i in tr], data.labels[tr], k, False)
+            p_own, _ = predict_signals(own, [data.signals[i][lead_rows] for i in te])
+            for arm, p in (("masked", p_one), ("per_set", p_own)):
+                oof[arm][s][te] = p
+                auc, _ = auroc_auprc_per_class(data.labels[te], p)
+                fold_auc[arm][s].append(float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan"))
+        print(f"  fold {k}: " + "  ".join(f"{s}: one {fold_auc['masked'][s][-1]:.3f} / own {fold_auc['per_set'][s][-1]:.3f}"
+                                         for s in sets) + f"  ({time.time() - t0:.0f} s)", flush=True)
+    out = {"epochs": epochs, "fs": fs, "preset": preset, "seconds": round(time.time() - t0), "sets": {}}
+    for s in sets:
+        row = {}
+        for arm in ("masked", "per_set"):
+            pooled, _ = auroc_auprc_per_class(data.labels, oof[arm][s])
+            row[arm] = {"fold_macro_auroc": fold_auc[arm][s], "mean": float(np.nanmean(fold_auc[arm][s])),
+                        "std": float(np.nanstd(fold_auc[arm][s])), "pooled_oof": float(np.nanmean(pooled))}
+        out["sets"][s] = row
+        print(f"  {s:>2} leads: one lead-masked model {row['masked']['mean']:.3f} ± {row['masked']['std']:.3f} "
+              f"(pooled {row['masked']['pooled_oof']:.3f}) | own model {row['per_set']['mean']:.3f} ± "
+              f"{row['per_set']['std']:.3f} (pooled {row['per_set']['pooled_oof']:.3f})", flush=True)
+    return out
+
+
 def markdown(rows: list, cv: dict, args) -> str:
     import torch
 
@@ -196,9 +276,17 @@ def main():
     p.add_argument("--skip-cv", action="store_true")
     p.add_argument("--timeout", type=int, default=150, help="seconds per throughput measurement")
     p.add_argument("--json", default=None, help="also write the raw numbers here")
+    p.add_argument("--lead-sets", action="store_true",
+                   help="only: 5-fold CV per lead set, one lead-masked model vs one model per lead set")
+    p.add_argument("--preset", default="tiny", help="model preset for --lead-sets")
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.lead_sets:
+        res = cross_validate_lead_sets(args.cv_epochs, args.cv_fs, args.preset)
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
         return
     if args.quick:
         args.cv_epochs = 2

@@ -28,6 +28,16 @@ READ_AHEAD_HELP = ("processes that read and preprocess records ahead, in order (
                    "process); records stream either way, so memory does not grow with their number")
 
 
+LEADS_HELP = ("read every record with this lead set (12, 6, 4, 3, 2 or names; one the model was trained "
+              "for); default: each record's largest trained set it has")
+
+
+def _leads(spec):
+    from .data import parse_leads
+
+    return parse_leads(spec) if spec else None
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssm-ecg", description="12-lead ECG multi-label classification "
                                 "(CNN + bidirectional Mamba) on WFDB / PhysioNet Challenge records.")
@@ -54,6 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", nargs="+", required=True, help="folder(s) or record files with # Dx labels")
     e.add_argument("--out", default=None, help="metrics JSON (default RUN_DIR/eval_<data>.json)")
     e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--leads", default=None, help=LEADS_HELP)
     e.add_argument("--num-workers", type=_workers, default=0, help=READ_AHEAD_HELP)
     e.add_argument("--overwrite", action="store_true")
 
@@ -62,6 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("-i", "--input", nargs="+", required=True, help="folder(s) or record files (.hea/.mat)")
     r.add_argument("-o", "--out", required=True, help="output folder: one REC.csv per record + summary.csv")
     r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--leads", default=None, help=LEADS_HELP)
     r.add_argument("--num-workers", type=_workers, default=0, help=READ_AHEAD_HELP)
     r.add_argument("--overwrite", action="store_true")
 
@@ -126,7 +138,7 @@ def cmd_evaluate(args) -> int:
     if out.exists() and not args.overwrite:
         raise UserError(out, "already exists (pass --overwrite to replace it)")
     m, ids, skipped = evaluate_records(module, find_records(args.data), batch_size=args.batch_size,
-                                       num_workers=args.num_workers)
+                                       num_workers=args.num_workers, leads=_leads(args.leads))
     for line in skipped:
         print(f"skipped: {line}", file=sys.stderr)
     if m is None:
@@ -135,6 +147,7 @@ def cmd_evaluate(args) -> int:
     m["skipped"] = skipped
     m["records"] = ids
     print(format_metrics_table(m))
+    print("leads used: " + ", ".join(f"{k}: {v} records" for k, v in m["leads_used"].items()))
     write_json(out, m, overwrite=args.overwrite)
     print(f"\nmetrics: {out}")
     return 2 if skipped else 0
@@ -147,11 +160,13 @@ def cmd_predict(args) -> int:
     module = load_checkpoint(args.checkpoint)
     records = find_records(args.input)
     res = predict_records(module, records, Path(args.out), overwrite=args.overwrite, batch_size=args.batch_size,
-                          num_workers=args.num_workers)
+                          num_workers=args.num_workers, leads=_leads(args.leads))
     n_ok = sum(1 for p in res.written if p.suffix == ".csv" and not p.stem.endswith("_timeline")
                and p.name != "summary.csv")
     print(f"{n_ok} of {len(records)} records classified; outputs in {args.out}/ (summary: {res.summary})"
           if res.summary else "no record classified")
+    if res.leads_used:
+        print("leads used: " + ", ".join(f"{k}: {v} records" for k, v in res.leads_used.items()))
     if res.failures:
         print(f"{len(res.failures)} record(s) failed:", file=sys.stderr)
         for line in res.failures:

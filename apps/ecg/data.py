@@ -239,6 +239,40 @@ def lead_indices(h: Header, leads: Sequence[str]) -> List[int]:
     return [canon.index(lead) for lead in leads]
 
 
+def lead_set_name(leads: Sequence[str]) -> str:
+    """``("I", "II")`` -> ``"2 leads (I,II)"``; all 12 -> ``"12 leads"``."""
+    return f"{len(leads)} leads" + ("" if tuple(leads) == LEADS_12 else f" ({','.join(leads)})")
+
+
+def choose_lead_set(h: Header, lead_sets: Sequence[Sequence[str]]) -> Tuple[str, ...]:
+    """The first (largest) of ``lead_sets`` whose leads the record has, matched by name;
+    ``UserError`` naming the record when it has none of them (or an unknown lead name)."""
+    have = set()
+    for name in h.leads:
+        c = canonical_lead(name)
+        if c is None:
+            raise UserError(h.path.with_suffix(".hea"),
+                            f"unknown lead name {name!r} (expected {', '.join(LEADS_12)})")
+        have.add(c)
+    for s in lead_sets:
+        if set(s) <= have:
+            return tuple(s)
+    want = "; ".join(",".join(s) for s in lead_sets)
+    raise UserError(h.path, f"has leads {','.join(c for c in LEADS_12 if c in have) or 'none'}, too few for the "
+                            f"model: it needs one of its lead sets ({want})")
+
+
+def fill_leads(x: np.ndarray, used: Sequence[str], leads: Sequence[str]) -> np.ndarray:
+    """``x (len(used), L)`` -> ``(len(leads), L)`` in ``leads`` order, absent leads zero-filled
+    (what a lead-masked model reads as "missing")."""
+    if tuple(used) == tuple(leads):
+        return x
+    out = np.zeros((len(leads), x.shape[-1]), dtype=x.dtype)
+    for i, lead in enumerate(used):
+        out[list(leads).index(lead)] = x[i]
+    return out
+
+
 def read_record(record: str | Path, leads: Sequence[str] = LEADS_12) -> Record:
     """Load one record in mV with ``leads`` selected by name (any header order).
 

@@ -19,8 +19,8 @@ import torch
 
 from core.engine import UserError
 
-from .data import (Header, LoadedSet, WindowDataset, lead_indices, preprocess, read_header, read_record,
-                   signal_files)
+from .data import (Header, LoadedSet, WindowDataset, choose_lead_set, fill_leads, lead_indices, preprocess,
+                   read_header, read_record, signal_files)
 from .labels import LabelSpace
 
 DATA_LOADING = ("auto", "memory", "lazy")
@@ -142,44 +142,85 @@ class RecordIndex:
     fs: float
     band: Tuple[float, float]
     positions: List[int] = field(default_factory=list)
+    used_leads: List[Tuple[str, ...]] = field(default_factory=list)   # per record: the lead set it will be read with
 
     def signal(self, i: int) -> np.ndarray:
         """Record ``i`` read and preprocessed: ``(n_leads, n_samples at fs)`` float32."""
         return read_signal(self.paths[i], self.leads, self.fs, self.band)
 
 
+ScanOne = Tuple[Optional[Tuple[Path, str, List[str], Tuple[str, ...]]], Optional[str]]
+
+
+def _scan_one(job) -> ScanOne:
+    """One header: ``((path, id, dx, leads used), None)`` or ``(None, one-line problem)``."""
+    p, leads, lead_sets, check_files = job
+    try:
+        h = read_header(p)
+        if lead_sets:
+            used = choose_lead_set(h, lead_sets)
+        else:
+            lead_indices(h, leads)
+            used = tuple(leads)
+        if check_files:
+            check_signal_files(h)
+    except UserError as e:
+        return None, str(e)
+    return (h.path, h.record_id, h.dx, used), None
+
+
+def _scan_all(jobs: Sequence, num_workers: int, show_progress: bool) -> Iterator[ScanOne]:
+    """``_scan_one`` over ``jobs`` in order: in this process, or in ``num_workers`` processes
+    (headers are small files: the time goes to parsing, which processes share out)."""
+    total = len(jobs)
+    if num_workers > 1 and total > 1:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        chunk = max(1, min(256, total // (num_workers * 8)))
+        with ctx.Pool(int(num_workers)) as pool:
+            it: Iterable = pool.imap(_scan_one, jobs, chunksize=chunk)
+            if show_progress:
+                from core.engine import progress
+
+                it = progress(it, f"scanning headers ({num_workers} processes)", total=total)
+            yield from it
+        return
+    it = map(_scan_one, jobs)
+    if show_progress:
+        from core.engine import progress
+
+        it = progress(it, "scanning headers", total=total)
+    yield from it
+
+
 def scan_records(paths: Sequence[Path], leads: Sequence[str], fs: float, space: Optional[LabelSpace] = None,
                  band: Tuple[float, float] = (0.5, 45.0), show_progress: bool = False,
-                 check_files: bool = True) -> Tuple[RecordIndex, LabelSpace]:
+                 check_files: bool = True, num_workers: int = 0,
+                 lead_sets: Optional[Sequence[Sequence[str]]] = None) -> Tuple[RecordIndex, LabelSpace]:
     """Headers only: ids, labels and cheap signal-file checks (:func:`check_signal_files`).
     Records failing the header, lead or file checks are skipped and listed in ``failures``.
     With ``space=None`` the label space is every class present (as in ``load_records``).
     ``check_files=False`` leaves the signal files to the read (which then names their problems
-    exactly as :func:`apps.ecg.data.read_record` does)."""
-    keep, ids, dxs, fails, pos = [], [], [], [], []
-    it: Iterable = paths
-    if show_progress:
-        from core.engine import progress
-
-        it = progress(paths, "scanning headers", total=len(paths))
-    for k, p in enumerate(it):
-        try:
-            h = read_header(p)
-            lead_indices(h, leads)
-            if check_files:
-                check_signal_files(h)
-        except UserError as e:
-            fails.append(str(e))
+    exactly as :func:`apps.ecg.data.read_record` does). ``num_workers > 1`` parses the headers in
+    that many processes (same index, same order). With ``lead_sets`` a record needs the leads of
+    one of them (the largest it has is kept in ``used_leads``) instead of all ``leads``."""
+    keep, ids, dxs, fails, pos, used = [], [], [], [], [], []
+    jobs = [(p, tuple(leads), [tuple(s) for s in lead_sets] if lead_sets else None, check_files) for p in paths]
+    for k, (ok, err) in enumerate(_scan_all(jobs, int(num_workers or 0), show_progress)):
+        if ok is None:
+            fails.append(err)
             continue
         pos.append(k)
-        keep.append(h.path)
-        ids.append(h.record_id)
-        dxs.append(h.dx)
+        keep.append(ok[0])
+        ids.append(ok[1])
+        dxs.append(ok[2])
+        used.append(ok[3])
     if space is None:
         space = LabelSpace.from_dx(dxs)
     y = np.stack([space.encode(d) for d in dxs]) if dxs else np.zeros((0, len(space)), np.float32)
     return RecordIndex(keep, ids, dxs, y, fails, tuple(leads), float(fs), (float(band[0]), float(band[1])),
-                       pos), space
+                       pos, used), space
 
 
 class LazyWindowDataset(WindowDataset):
@@ -252,34 +293,43 @@ class RecordRead(NamedTuple):
     signal: Optional[np.ndarray]
     duration_s: float
     error: Optional[str]
+    leads: Tuple[str, ...] = ()     # the leads read (the rest of the model's leads are zero-filled)
 
 
 class _ReadOrFail(torch.utils.data.Dataset):
     # a failed read is returned, not raised: a DataLoader stops at the first exception, while
     # evaluate and predict go on with the other records
-    def __init__(self, paths: Sequence[Path], leads: Sequence[str], fs: float, band: Tuple[float, float]):
+    def __init__(self, paths: Sequence[Path], leads: Sequence[str], fs: float, band: Tuple[float, float],
+                 lead_sets: Optional[Sequence[Sequence[str]]] = None):
         self.paths, self.leads, self.fs, self.band = list(paths), tuple(leads), float(fs), tuple(band)
+        self.lead_sets = [tuple(s) for s in lead_sets] if lead_sets else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> RecordRead:
         try:
-            rec = read_record(self.paths[i], self.leads)
-            x = preprocess(rec, self.fs, self.band)
+            used = self.leads
+            if self.lead_sets:
+                used = choose_lead_set(read_header(self.paths[i]), self.lead_sets)
+            rec = read_record(self.paths[i], used)
+            x = fill_leads(preprocess(rec, self.fs, self.band), used, self.leads)
         except UserError as e:
             return RecordRead(Path(self.paths[i]).name, None, 0.0, str(e))
-        return RecordRead(rec.record_id, x, rec.signal.shape[1] / rec.header.fs, None)
+        return RecordRead(rec.record_id, x, rec.signal.shape[1] / rec.header.fs, None, tuple(used))
 
 
 def stream_records(paths: Sequence[Path], leads: Sequence[str], fs: float,
-                   band: Tuple[float, float] = (0.5, 45.0), num_workers: int = 0) -> Iterator[RecordRead]:
+                   band: Tuple[float, float] = (0.5, 45.0), num_workers: int = 0,
+                   lead_sets: Optional[Sequence[Sequence[str]]] = None) -> Iterator[RecordRead]:
     """Read and preprocess ``paths`` one at a time, yielding a :class:`RecordRead` per path in the
     order given, its ``signal`` ``(n_leads, L_i at fs)``. A record that cannot be read yields its
     one-line ``error`` (the text of :func:`apps.ecg.data.read_record`'s ``UserError``) and the
     stream goes on. ``num_workers`` processes read ahead (at most two records each), so memory
-    holds a few records whatever the length of ``paths``."""
-    yield from _in_order(_ReadOrFail(paths, leads, fs, band), num_workers)
+    holds a few records whatever the length of ``paths``. With ``lead_sets`` (a lead-masked
+    model's) each record is read with the largest set it has, the other ``leads`` zero-filled,
+    and ``RecordRead.leads`` names the set; a record with none of them is an ``error``."""
+    yield from _in_order(_ReadOrFail(paths, leads, fs, band, lead_sets), num_workers)
 
 
 def split_by_record(n: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Inference on whole records (windows combined) and the Challenge output files."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -10,7 +10,7 @@ import torch
 
 from core.engine import UserError, atomic_write, ensure_new
 
-from .data import windows
+from .data import lead_set_name, windows
 from .dataset import scan_records, stream_records
 from .labels import LabelSpace
 
@@ -115,18 +115,31 @@ class PredictResult:
     written: List[Path]
     failures: List[str]
     summary: Optional[Path]
+    leads_used: Dict[str, int] = field(default_factory=dict)   # records per lead set read
+
+
+def model_lead_sets(module, leads: Optional[Sequence[str]] = None) -> Optional[List[Tuple[str, ...]]]:
+    """The lead sets records are read with: ``leads`` when given (checked against the model's),
+    else a lead-masked model's sets (largest first), else ``None`` (every model lead required)."""
+    if leads:
+        module.set_index(leads)  # UserError when the model was not trained for it
+        return [tuple(leads)]
+    return [tuple(s) for s in module.lead_sets] if getattr(module, "lead_sets", None) else None
 
 
 def predict_records(module, records: Sequence[Path], out_dir: Path, overwrite: bool = False,
                     batch_size: int = 32, timeline_min_s: float = TIMELINE_MIN_S, log=print,
-                    show_progress: bool = True, num_workers: int = 0) -> PredictResult:
+                    show_progress: bool = True, num_workers: int = 0,
+                    leads: Optional[Sequence[str]] = None) -> PredictResult:
     """Classify WFDB records; write ``OUT/REC.csv`` per record, ``OUT/summary.csv`` and, for long
     records, ``OUT/REC_timeline.csv``. Bad records are listed in ``failures`` (and
     ``OUT/failures.txt``), the others still get their files. Nothing is overwritten unless
     ``overwrite``; every file appears whole or not at all.
 
     Records stream (:func:`apps.ecg.dataset.stream_records`, ``num_workers`` processes reading
-    ahead): memory holds a few signals plus one summary row ``(C,)`` per record."""
+    ahead): memory holds a few signals plus one summary row ``(C,)`` per record. A lead-masked
+    model reads each record with the largest of its lead sets the record has (or ``leads``), uses
+    that set's thresholds, and names the set in ``summary.csv`` (column ``leads``)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(out, "exists and is not a directory")
@@ -137,13 +150,14 @@ def predict_records(module, records: Sequence[Path], out_dir: Path, overwrite: b
     ensure_new([out / f"{i}.csv" for i in ids] + [out / "summary.csv"], overwrite)
     out.mkdir(parents=True, exist_ok=True)
     hp = module.hparams
-    leads = tuple(hp.leads)
     space = LabelSpace(list(hp.classes))
-    th = module.thresholds.detach().cpu().numpy()
+    sets = model_lead_sets(module, leads)
+    leads = tuple(hp.leads)
     codes, abbrs = space.codes, space.abbreviations
     written, failures, rows = [], [], []
+    counts: Dict[str, int] = {}
     row_probs = np.zeros((64, len(codes)), dtype=np.float32)  # summary probabilities, one row per record
-    it: Iterable = stream_records(records, leads, float(hp.fs), tuple(hp.band_hz), num_workers)
+    it: Iterable = stream_records(records, leads, float(hp.fs), tuple(hp.band_hz), num_workers, sets)
     if show_progress:
         from core.engine import progress
 
@@ -155,6 +169,8 @@ def predict_records(module, records: Sequence[Path], out_dir: Path, overwrite: b
         # one record per call, as before streaming: its windows batch alone, so outputs are unchanged
         probs, per = predict_signals(module, [r.signal], batch_size=batch_size)
         p = probs[0]
+        used = r.leads or leads
+        th = module.thresholds_for(used) if hasattr(module, "thresholds_for") else module.thresholds.numpy()
         b = (p >= th).astype(int)
         rid = r.record_id
         write_challenge_csv(out / f"{rid}.csv", rid, codes, b, p, overwrite=overwrite)
@@ -173,43 +189,51 @@ def predict_records(module, records: Sequence[Path], out_dir: Path, overwrite: b
             written.append(tl)
         row_probs = _room(row_probs, len(rows) + 1, 0.0)
         row_probs[len(rows)] = p
-        rows.append((rid, duration, ";".join(a for a, bi in zip(abbrs, b) if bi)))
+        rows.append((rid, duration, ";".join(a for a, bi in zip(abbrs, b) if bi), " ".join(used)))
+        counts[lead_set_name(used)] = counts.get(lead_set_name(used), 0) + 1
     summary = None
     if rows:
         summary = out / "summary.csv"
         with atomic_write(summary, overwrite=overwrite) as f:
-            f.write("record_id,duration_s,labels," + ",".join(abbrs) + "\n")
-            for (rid, dur, labs), p in zip(rows, row_probs):
-                f.write(f"{rid},{dur:.1f},{labs}," + ",".join(f"{v:.4f}" for v in p) + "\n")
+            f.write("record_id,duration_s,labels," + ",".join(abbrs) + ",leads\n")
+            for (rid, dur, labs, used), p in zip(rows, row_probs):
+                f.write(f"{rid},{dur:.1f},{labs}," + ",".join(f"{v:.4f}" for v in p) + f",{used}\n")
         written.append(summary)
     if failures:
         with atomic_write(out / "failures.txt", overwrite=True) as f:
             f.write("\n".join(failures) + "\n")
-    return PredictResult(written, failures, summary)
+    return PredictResult(written, failures, summary, counts)
 
 
 def evaluate_records(module, records: Sequence[Path], batch_size: int = 32, num_workers: int = 0,
-                     show_progress: bool = True) -> Tuple[Optional[Dict], List[str], List[str]]:
+                     show_progress: bool = True, leads: Optional[Sequence[str]] = None
+                     ) -> Tuple[Optional[Dict], List[str], List[str]]:
     """Metrics of ``module`` on labelled records, streamed: labels ``(N, C)`` from a header scan,
     each signal read, preprocessed and classified as it comes (``num_workers`` processes read
     ahead), so memory holds a few signals plus ``(C,)`` probabilities and labels per record.
 
     Returns the metrics dict of :func:`apps.ecg.metrics.evaluate` (``None`` when no record could
-    be used), the ids of the records evaluated, and one line per bad record, in input order.
+    be used) with ``leads_used`` (records per lead set), the ids of the records evaluated, and one
+    line per bad record, in input order. A lead-masked model reads each record with the largest
+    of its lead sets the record has, or with ``leads`` for all, and binarises with that set's
+    thresholds.
     """
     from .metrics import evaluate
 
     hp = module.hparams
     space = LabelSpace(list(hp.classes))
     # signal files are left to the read, so a bad one is named as read_record names it
+    sets = model_lead_sets(module, leads)
     index, _ = scan_records(records, tuple(hp.leads), float(hp.fs), space, tuple(hp.band_hz),
-                            show_progress=show_progress, check_files=False)
+                            show_progress=show_progress, check_files=False, num_workers=num_workers,
+                            lead_sets=sets)
     scanned = set(index.positions)
     failed = [(k, line) for k, line in zip((k for k in range(len(records)) if k not in scanned), index.failures)]
     ok: List[int] = []
+    used: List[Tuple[str, ...]] = []
 
     def signals():
-        it: Iterable = stream_records(index.paths, index.leads, index.fs, index.band, num_workers)
+        it: Iterable = stream_records(index.paths, index.leads, index.fs, index.band, num_workers, sets)
         if show_progress:
             from core.engine import progress
 
@@ -217,6 +241,7 @@ def evaluate_records(module, records: Sequence[Path], batch_size: int = 32, num_
         for k, r in enumerate(it):
             if r.error is None:
                 ok.append(k)
+                used.append(r.leads or index.leads)
                 yield r.signal
             else:
                 failed.append((index.positions[k], r.error))
@@ -226,7 +251,14 @@ def evaluate_records(module, records: Sequence[Path], batch_size: int = 32, num_
     ids = [index.ids[k] for k in ok]
     if not ok:
         return None, ids, skipped
-    return evaluate(space, index.labels[ok], probs, module.thresholds.numpy()), ids, skipped
+    th_of = getattr(module, "thresholds_for", lambda s: module.thresholds.numpy())
+    th = np.stack([th_of(u) for u in used])  # (N, C): each record with its lead set's thresholds
+    m = evaluate(space, index.labels[ok], probs, th)
+    counts: Dict[str, int] = {}
+    for u in used:
+        counts[lead_set_name(u)] = counts.get(lead_set_name(u), 0) + 1
+    m["leads_used"] = counts
+    return m, ids, skipped
 
 
 def format_metrics_table(m: Dict, show_empty: bool = False) -> str:

@@ -106,7 +106,9 @@ def challenge_score_for(space: LabelSpace, labels, outputs) -> float:
 
 
 def evaluate(space: LabelSpace, labels, scores, thresholds: Optional[Sequence[float]] = None) -> Dict:
-    """All metrics for one set of records: macro and per-class values as plain floats/lists."""
+    """All metrics for one set of records: macro and per-class values as plain floats/lists.
+    ``thresholds`` ``(C,)``, or ``(N, C)`` one row per record (records read with different lead
+    sets); the per-class ``threshold`` reported is then the median over records."""
     y = _as_bool(labels)
     s = np.asarray(scores, dtype=np.float64)
     th = np.full(s.shape[1], 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
@@ -131,7 +133,7 @@ def evaluate(space: LabelSpace, labels, scores, thresholds: Optional[Sequence[fl
             "auroc": clean(auroc),
             "auprc": clean(auprc),
             "f1": clean(f1),
-            "threshold": [float(v) for v in th],
+            "threshold": [float(v) for v in (th if th.ndim == 1 else np.median(th, 0))],
         },
     }
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from core.engine import (UserError, best_or_last_checkpoint, configure_optimizers, load_module, make_trainer,
                          seed_everything, write_json)
 
-from .data import find_records, load_records, parse_leads
+from .data import find_records, lead_set_name, load_records, parse_leads
 from .dataset import (TrainData, record_signals, resolve_data_loading, scan_records, split_by_record,
                       window_dataset)
 from .labels import LabelSpace
@@ -39,7 +39,26 @@ DEFAULTS: Dict = {
     "num_workers": 0,
     "data_loading": "auto",                # "memory" (all records read up front), "lazy" (headers up front,
                                            # signals on demand) or "auto" (lazy above dataset.AUTO_LAZY_ABOVE)
+    "lead_masking": True,                  # one model for every Challenge lead set within `leads` (12/6/4/3/2):
+                                           # random sets in training, absent leads zero-filled + presence mask
 }
+
+PRESENT_ABOVE = 1e-2  # a normalised lead whose window never exceeds this is absent (zero-filled or flat)
+
+
+def trained_lead_sets(leads: Sequence[str], masking: bool) -> Optional[List[List[str]]]:
+    """The Challenge lead sets (12, 6, 4, 3, 2) within ``leads``, largest first, ``leads`` itself
+    first; ``None`` when masking is off or only one set fits (a plain fixed-lead model)."""
+    from .data import LEAD_SETS
+
+    if not masking:
+        return None
+    sets = [list(leads)]
+    for n in sorted(LEAD_SETS, reverse=True):
+        s = list(LEAD_SETS[n])
+        if set(s) <= set(leads) and set(s) != set(leads):
+            sets.append([lead for lead in leads if lead in s])
+    return sets if len(sets) > 1 else None
 
 
 def asymmetric_loss(logits: torch.Tensor, y: torch.Tensor, gamma_neg: float = 4.0, gamma_pos: float = 0.0,
@@ -64,12 +83,20 @@ class ECGModule(L.LightningModule):
 
     def __init__(self, classes: Sequence[str], leads: Sequence[str], fs: float = 500.0, window_s: float = 10.0,
                  band_hz: Sequence[float] = (0.5, 45.0), model: Optional[dict] = None, loss: str = "bce",
-                 asl: Optional[dict] = None, lr: float = 1e-3, weight_decay: float = 1e-2):
+                 asl: Optional[dict] = None, lr: float = 1e-3, weight_decay: float = 1e-2,
+                 lead_sets: Optional[Sequence[Sequence[str]]] = None):
         super().__init__()
         self.save_hyperparameters()
         self.space = LabelSpace(list(classes))
-        self.net = build_model(model or model_config("small"), len(leads), len(classes))
+        # lead masking: the net reads the leads (absent ones zero) plus one presence channel per lead
+        self.lead_sets = [tuple(s) for s in lead_sets] if lead_sets else None
+        n_in = 2 * len(leads) if self.lead_sets else len(leads)
+        self.net = build_model(model or model_config("small"), n_in, len(classes))
         self.register_buffer("thresholds", torch.full((len(classes),), 0.5))
+        if self.lead_sets:
+            keep = torch.tensor([[float(lead in s) for lead in leads] for s in self.lead_sets])
+            self.register_buffer("set_keep", keep, persistent=False)                    # (S, n_leads)
+            self.register_buffer("set_thresholds", torch.full((len(self.lead_sets), len(classes)), 0.5))
         self._val_probs: List[torch.Tensor] = []
         self._val_labels: List[torch.Tensor] = []
         self.last_val_metrics: Optional[dict] = None
@@ -80,7 +107,27 @@ class ECGModule(L.LightningModule):
         return int(round(self.hparams.window_s * self.hparams.fs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, n_leads, L)`` -> logits ``(B, C)``. A lead-masked model takes absent leads as
+        zero rows and adds their presence mask ``(B, n_leads, L)`` as input channels."""
+        if self.lead_sets:
+            present = (x.detach().abs().amax(-1, keepdim=True) > PRESENT_ABOVE).to(x.dtype)
+            x = torch.cat([x, present.expand_as(x)], 1)
         return self.net(x)
+
+    def thresholds_for(self, leads: Sequence[str]) -> np.ndarray:
+        """Per-class thresholds ``(C,)`` tuned on validation for the lead set ``leads``."""
+        if self.lead_sets:
+            for i, s in enumerate(self.lead_sets):
+                if set(s) == set(leads):
+                    return self.set_thresholds[i].detach().cpu().numpy()
+        return self.thresholds.detach().cpu().numpy()
+
+    def set_index(self, leads: Sequence[str]) -> int:
+        for i, s in enumerate(self.lead_sets or [tuple(self.hparams.leads)]):
+            if set(s) == set(leads):
+                return i
+        raise UserError("--leads", f"{','.join(leads)} is not a lead set of this model "
+                                   f"({'; '.join(','.join(s) for s in (self.lead_sets or [self.hparams.leads]))})")
 
     def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.hparams.loss == "asl":
@@ -89,31 +136,46 @@ class ECGModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.lead_sets:  # every record in the batch shows a random Challenge lead set
+            pick = torch.randint(len(self.lead_sets), (len(x),), device=x.device)
+            x = x * self.set_keep[pick][:, :, None].to(x.dtype)
         loss = self.loss_fn(self(x), y)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        self.log("val_loss", self.loss_fn(logits, y), prog_bar=True, on_epoch=True, batch_size=len(x))
-        self._val_probs.append(torch.sigmoid(logits).detach().float().cpu())
+        keeps = self.set_keep if self.lead_sets else torch.ones(1, x.shape[1], device=x.device)
+        probs, losses = [], []
+        for keep in keeps:  # every lead set, each on all validation windows
+            logits = self(x * keep[None, :, None].to(x.dtype))
+            losses.append(self.loss_fn(logits, y))
+            probs.append(torch.sigmoid(logits).detach().float().cpu())
+        self.log("val_loss", torch.stack(losses).mean(), prog_bar=True, on_epoch=True, batch_size=len(x))
+        self._val_probs.append(torch.stack(probs))        # (S, B, C)
         self._val_labels.append(y.detach().cpu())
 
     def on_validation_epoch_end(self):
         if not self._val_probs:
             return
-        p = torch.cat(self._val_probs).numpy()
+        p_all = torch.cat(self._val_probs, 1).numpy()
         y = torch.cat(self._val_labels).numpy()
         self._val_probs.clear()
         self._val_labels.clear()
-        th = tune_thresholds(self.space, y, p)
-        self.thresholds.copy_(torch.as_tensor(th, dtype=self.thresholds.dtype))
-        m = evaluate(self.space, y, p, th)
-        self.last_val_metrics = m
-        for k in ("macro_auroc", "macro_auprc", "macro_f1", "challenge_score"):
-            v = m[k]
-            self.log(f"val_{k}", float(v) if np.isfinite(v) else 0.0, prog_bar=k == "challenge_score")
+        for i, p in enumerate(p_all):
+            th = tune_thresholds(self.space, y, p)
+            if self.lead_sets:
+                self.set_thresholds[i].copy_(torch.as_tensor(th, dtype=self.set_thresholds.dtype))
+            if i == 0:
+                self.thresholds.copy_(torch.as_tensor(th, dtype=self.thresholds.dtype))
+                m = evaluate(self.space, y, p, th)
+                self.last_val_metrics = m
+                for k in ("macro_auroc", "macro_auprc", "macro_f1", "challenge_score"):
+                    v = m[k]
+                    self.log(f"val_{k}", float(v) if np.isfinite(v) else 0.0, prog_bar=k == "challenge_score")
+            else:
+                v = evaluate(self.space, y, p, th)["macro_auroc"]
+                self.log(f"val_macro_auroc_{len(self.lead_sets[i])}leads", float(v) if np.isfinite(v) else 0.0)
 
     def configure_optimizers(self):
         # AdamW without decay on SSM/norm/bias parameters; linear warm-up (5 %), cosine decay to 2 %
@@ -191,8 +253,11 @@ def train(data_inputs: Sequence[str | Path], out_dir: str | Path, cfg: Dict, see
     tr, va = split_by_record(len(data.ids), float(cfg["val_fraction"]), seed)
     window = int(round(float(cfg["window_s"]) * fs))
     dl_tr, dl_va = _loaders(data, tr, va, window, int(cfg["batch_size"]), seed, int(cfg["num_workers"]))
+    sets = trained_lead_sets(leads, bool(cfg.get("lead_masking", False)))
     module = ECGModule(space.classes, leads, fs, float(cfg["window_s"]), tuple(cfg["band_hz"]), cfg["model"],
-                       cfg["loss"], cfg["asl"], float(cfg["lr"]), float(cfg["weight_decay"]))
+                       cfg["loss"], cfg["asl"], float(cfg["lr"]), float(cfg["weight_decay"]), sets)
+    if sets:
+        log("lead masking: one model for " + "; ".join(lead_set_name(s) for s in sets))
     n_params = count_parameters(module.net)
     log(f"model {cfg['model']['arch']}: {n_params:,} parameters; train {len(tr)} / validation {len(va)} records")
     tk = dict(trainer_kwargs or {})
@@ -210,6 +275,11 @@ def train(data_inputs: Sequence[str | Path], out_dir: str | Path, cfg: Dict, see
     # validation metrics on whole records with the stored thresholds
     probs, _ = predict_signals(best, record_signals(data, va, int(cfg["num_workers"])))
     val = evaluate(space, data.labels[va], probs, best.thresholds.numpy())
+    per_set = {}
+    for s in (best.lead_sets or [])[1:]:  # the same records with only this lead set's leads
+        keep = np.array([lead in s for lead in leads], dtype=np.float32)[:, None]
+        ps, _ = predict_signals(best, (x * keep for x in record_signals(data, va, int(cfg["num_workers"]))))
+        per_set[lead_set_name(s)] = evaluate(space, data.labels[va], ps, best.thresholds_for(s))["macro_auroc"]
     metrics = {
         "checkpoint": str(ckpt),
         "n_records": len(data.ids), "n_train": int(len(tr)), "n_val": int(len(va)),
@@ -219,6 +289,8 @@ def train(data_inputs: Sequence[str | Path], out_dir: str | Path, cfg: Dict, see
         "train_loss_last": _metric(trainer, "train_loss_epoch"),
         "val_loss_last": _metric(trainer, "val_loss"),
         "validation": val,
+        "lead_sets": [list(s) for s in (best.lead_sets or [leads])],
+        "validation_macro_auroc_per_lead_set": {lead_set_name(leads): val["macro_auroc"], **per_set},
         "val_records": [data.ids[i] for i in va],
     }
     write_json(out / "metrics.json", metrics)
