@@ -138,7 +138,7 @@ def cmd_evaluate(args) -> int:
     if out.exists() and not args.overwrite:
         raise UserError(out, "already exists (pass --overwrite to replace it)")
     m, ids, skipped = evaluate_records(module, find_records(args.data), batch_size=args.batch_size,
-                                       num_workers=args.num_workers, leads=_leads(args.leads))
+                                       num_workers=args.num_workers, leads=_leads(getattr(args, "leads", None)))
     for line in skipped:
         print(f"skipped: {line}", file=sys.stderr)
     if m is None:
@@ -160,7 +160,7 @@ def cmd_predict(args) -> int:
     module = load_checkpoint(args.checkpoint)
     records = find_records(args.input)
     res = predict_records(module, records, Path(args.out), overwrite=args.overwrite, batch_size=args.batch_size,
-                          num_workers=args.num_workers, leads=_leads(args.leads))
+                          num_workers=args.num_workers, leads=_leads(getattr(args, "leads", None)))
     n_ok = sum(1 for p in res.written if p.suffix == ".csv" and not p.stem.endswith("_timeline")
                and p.name != "summary.csv")
     print(f"{n_ok} of {len(records)} records classified; outputs in {args.out}/ (summary: {res.summary})"

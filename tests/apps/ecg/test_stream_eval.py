@@ -34,6 +34,7 @@ def in_memory_json(run_dir, data, out) -> str:
     loaded, _ = load_records(find_records(data), tuple(hp.leads), float(hp.fs), space, tuple(hp.band_hz))
     probs, _ = predict_signals(module, loaded.signals, batch_size=32)
     m = evaluate(space, loaded.labels, probs, module.thresholds.numpy())
+    m["leads_used"] = {"12 leads": len(loaded.ids)} if loaded.ids else {}  # every record had all 12
     m["checkpoint"] = str(ckpt)
     m["skipped"] = loaded.failures
     m["records"] = loaded.ids
