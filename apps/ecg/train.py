@@ -234,7 +234,8 @@ def train(data_inputs: Sequence[str | Path], out_dir: str | Path, cfg: Dict, see
     band = tuple(cfg["band_hz"])
     data: TrainData
     if loading == "lazy":  # headers now, signals when a batch needs them
-        data, space = scan_records(paths, leads, fs, space, band, show_progress=progress)
+        data, space = scan_records(paths, leads, fs, space, band, show_progress=progress,
+                                   num_workers=int(cfg["num_workers"]))  # headers parsed in parallel
     else:
         data, space = load_records(paths, leads, fs, space, band, show_progress=progress)
     if cfg["labels"] == "all" and int(cfg["min_count"]) > 1:
