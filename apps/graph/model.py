@@ -91,26 +91,6 @@ def degree_order(batch: torch.Tensor, degree: torch.Tensor, generator: Optional[
     return torch.argsort(key)
 
 
-def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Reverse each padded sequence ``x (B, L, d)`` within its length; padding stays at the end."""
-    B, L = x.shape[:2]
-    t = torch.arange(L, device=x.device).unsqueeze(0)
-    idx = torch.where(t < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - t, t)
-    return x.gather(1, idx.unsqueeze(-1).expand_as(x))
-
-
-def ragged_bimamba(layer: BiMamba, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``BiMamba`` on right-padded sequences ``(B, L, d)``: the backward scan reads each sequence
-    reversed within its own length, so neither direction ever sees padding before real tokens."""
-    y_f = layer.fwd(x)
-    y_b = reverse_within(layer.bwd(reverse_within(x, lengths)), lengths)
-    if layer.combine == "add":
-        return y_f + y_b
-    if layer.combine == "mean":
-        return (y_f + y_b) / 2
-    return layer.proj(torch.cat([y_f, y_b], -1))
-
-
 # ------------------------------------------------------------------------------------------ encoders
 
 class CatEncoder(nn.Module):
@@ -194,7 +174,8 @@ class GraphMambaLayer(nn.Module):
         outs = []
         for perm in ctx["orders"]:                                   # one in training, several in eval
             dense, mask = to_dense_batch(h[perm], ctx["batch"][perm])
-            y = ragged_bimamba(self.mamba, dense, mask.sum(1))[mask]
+            # core's ragged BiMamba: the backward scan reads each graph's nodes reversed within its length
+            y = self.mamba(dense, lengths=mask.sum(1))[mask]
             g = torch.empty_like(y)
             g[perm] = y
             outs.append(g)
