@@ -45,7 +45,7 @@ def run_demo(out: Path, seed: int = 0, overwrite: bool = False, n_train: int = 1
     print(f"new voice, new sentences ({met['n_utterances']}): WER {100 * met['wer']:.1f} %, "
           f"CER {100 * met['cer']:.1f} % (joint beam search)")
     files = sorted((out / "data" / "new" / "wavs").glob("*.wav"))[:4]
-    res, _ = transcribe_files(module, files, decode="beam", beam=4, show_progress=False)
+    res = transcribe_files(module, files, decode="beam", beam=4, show_progress=False)
     write_transcripts(res, out / "transcripts.jsonl", overwrite=True)
     write_transcripts(res, out / "transcripts.srt", overwrite=True)
     for r, u in zip(res, utts):

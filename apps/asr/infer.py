@@ -3,6 +3,7 @@ and long-form recognition with constant memory, and corpus WER/CER with jiwer.""
 from __future__ import annotations
 
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -167,22 +168,27 @@ def write_transcripts(results: List[dict], out: Path, overwrite: bool = False) -
 
 
 def transcribe_files(module, files: Sequence[Path], decode: str = "auto", beam: int = 10,
-                     show_progress: bool = True, log=print) -> Tuple[List[dict], List[str]]:
-    """Transcribe every file; a bad file is one failure line and the others go on."""
-    results, failures = [], []
+                     show_progress: bool = True, on_fail: Optional[Callable[[object, str], None]] = None,
+                     log=lambda s: print(s, file=sys.stderr)) -> List[dict]:
+    """Transcribe every file; a bad file calls ``on_fail(file, problem)`` and the others go on."""
+    results = []
     it = progress_bar(files, "transcribing", total=len(files)) if show_progress else files
     for p in it:
         try:
             r = transcribe_file(module, p, decode=decode, beam=beam)
         except UserError as e:
-            failures.append(str(e))
-            log(f"skipped: {e}")
+            msg = str(e)
+            problem = msg[len(f"{p}: "):] if msg.startswith(f"{p}: ") else msg
+            if on_fail is not None:
+                on_fail(p, problem)
+            else:
+                log(f"error: {p}: {problem}")
             continue
         if not r["text"] and _silent(p):
             warnings.warn(f"{p}: silent audio, empty transcript", stacklevel=1)
             log(f"warning: {p}: silent audio, empty transcript")
         results.append({"file": str(p), **r})
-    return results, failures
+    return results
 
 
 # ------------------------------------------------------------------------------------- evaluation

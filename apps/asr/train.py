@@ -265,6 +265,10 @@ def train(data: Sequence[str | Path], out_dir: str | Path, cfg: Dict, seed: int 
         mean, std = compute_cmvn(logmel(torch.from_numpy(ds_tr.cache[i] if cache else ds_tr._read(i)))
                                  for i in pick)
     tk = dict(trainer_kwargs or {})
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*validation_step.*val_dataloader.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     if tk.get("max_epochs") is None and tk.get("max_time") is None:
         tk["max_epochs"] = int(cfg["max_epochs"])
     trainer = make_trainer(out, monitor="val_loss" if ds_va else "train_loss_epoch", mode="min",

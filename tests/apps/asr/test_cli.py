@@ -104,8 +104,10 @@ def test_bad_inputs(tmp_path, trained, capsys):
     m.write_bytes(b"path\ttranscript\nmissing.wav\t\xff\n")
     rc, _, se = run(["train", "--data", str(m), "--out", str(tmp_path / "r")], capsys)
     assert rc == 2 and "m.tsv:2" in se and "UTF-8" in se
-    rc, _, se = run(["train", "--data", str(tmp_path / "nothing"), "--out", str(trained)], capsys)
+    rc, _, se = run(["train", "--data", str(m), "--out", str(trained)], capsys)
     assert rc == 2 and "not empty" in se
+    rc, _, se = run(["train", "--data", str(m), "-o", str(tmp_path / "r"), "--set", "model.d_modle=3"], capsys)
+    assert rc == 2 and "d_modle" in se and "d_model" in se
     rc, _, se = run(["stream", "--checkpoint", str(trained), "-i", str(tmp_path / "x.wav")], capsys)
     assert rc == 2 and "x.wav" in se
 
