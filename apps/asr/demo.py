@@ -3,14 +3,16 @@ unseen third voice for the new files) -> train a tiny causal Samba-ASR model -> 
 transcribe to JSONL and SRT -> stream one file. No downloads; about 45 s on two CPU cores."""
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from core.engine import prepare_run_dir
+from core.engine import UserError
 
+OUTPUTS = ("data", "run", "new.errors.txt", "transcripts.jsonl", "transcripts.srt")
 DIGITS = "zero one two three four five six seven eight nine".split()
 
 
@@ -22,9 +24,18 @@ def run_demo(out: Path, seed: int = 0, overwrite: bool = False, n_train: int = 1
     from .train import DEFAULTS, load_asr_module, prepare_utterances, train
 
     t0 = time.time()
-    out = prepare_run_dir(out, overwrite)
+    out = Path(out)
+    if out.is_dir():
+        foreign = sorted(set(p.name for p in out.iterdir()) - set(OUTPUTS))
+        if foreign and not overwrite:
+            raise UserError(out, f"holds files the demo did not write ({', '.join(foreign[:3])}); "
+                                 "pass --overwrite or choose another folder")
+        for name in OUTPUTS:       # re-running replaces the demo's own outputs
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     run = out / "run"
-    prepare_run_dir(run, overwrite=True)
+    run.mkdir()
     sents = random_sentences(n_train + n_test, seed, 2, 5, DIGITS)
     print(f"speaking {n_train} training sentences (voices m1, f3) and {n_test} new ones (voice m3) "
           f"with eSpeak NG ...", flush=True)
@@ -32,7 +43,7 @@ def run_demo(out: Path, seed: int = 0, overwrite: bool = False, n_train: int = 1
     test_manifest = make_corpus(out / "data" / "new", sents[n_train:], ["m3"], seed + 1, prefix="new")
     cfg = {**DEFAULTS, "model": {"preset": "tiny", "causal": True, "d_model": 64, "enc_layers": 4,
                                  "subsample_channels": 16},
-           "tokenizer_type": "char", "vocab_size": 40, "batch_seconds": 24.0, "lr": 3e-3, "warmup_steps": 30,
+           "tokenizer_type": "unigram", "vocab_size": 24, "batch_seconds": 16.0, "lr": 4e-3, "warmup_steps": 20,
            "val_fraction": 0.0, "speed_perturb": [1.0],
            "specaug": {"num_freq_mask": 2, "freq_mask_width": 10, "num_time_mask": 2, "time_mask_ratio": 0.05}}
     m = train([str(train_manifest)], run, cfg, seed=seed, trainer_kwargs={"max_time": max_time, "max_epochs": 200},

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.engine import UserError, best_or_last_checkpoint, budget_fraction, load_module, make_trainer, \
-    seed_everything, write_json
+from core.engine import (UserError, best_or_last_checkpoint, budget_fraction, is_rank_zero, load_module,
+                         make_trainer, seed_everything, write_json)
 
 from .data import (BucketBatchSampler, Utterance, fill_durations, load_corpora, normalize_text, read_audio,
                    speed_perturb)
@@ -238,7 +238,8 @@ def train(data: Sequence[str | Path], out_dir: str | Path, cfg: Dict, seed: int 
         fails += vf
     for line in fails:
         log(f"skipped: {line}")
-    if fails:
+    rank0 = is_rank_zero()
+    if fails and rank0:
         (out / "skipped.txt").write_text("\n".join(fails) + "\n", encoding="utf-8")
     if not utts:
         raise UserError(str(data[0]), "no usable training utterance (see the lines above)")
@@ -250,7 +251,8 @@ def train(data: Sequence[str | Path], out_dir: str | Path, cfg: Dict, seed: int 
         utts = [utts[i] for i in sorted(idx[n_val:])]
     tok = Tokenizer.load(tokenizer) if tokenizer else train_tokenizer(
         [u.text for u in utts], int(cfg["vocab_size"]), cfg["tokenizer_type"], seed=seed)
-    tok.save(out / "tokenizer.model")
+    if rank0:
+        tok.save(out / "tokenizer.model")
     hours = sum(u.duration for u in utts) / 3600
     cache = hours <= float(cfg["cache_audio_hours"])
     log(f"{len(utts)} training utterances ({hours:.2f} h), {len(val_utts)} validation, {len(fails)} skipped; "
@@ -292,8 +294,9 @@ def train(data: Sequence[str | Path], out_dir: str | Path, cfg: Dict, seed: int 
     n_params = count_parameters(module.net)
     log(f"model {cfg['model_preset']} ({cfg['model']['arch']}, "
         f"{'causal' if module.net.causal else 'offline'} encoder): {n_params:,} parameters")
-    write_json(out / "config.json", {**cfg, "seed": seed, "data": [str(d) for d in data],
-                                     "valid": [str(v) for v in valid or []]})
+    if rank0:
+        write_json(out / "config.json", {**cfg, "seed": seed, "data": [str(d) for d in data],
+                                         "valid": [str(v) for v in valid or []]})
     t1 = time.time()
     trainer.fit(module, dl_tr, dl_va)
     train_s = time.time() - t1
@@ -306,7 +309,8 @@ def train(data: Sequence[str | Path], out_dir: str | Path, cfg: Dict, seed: int 
         best = load_asr_module(ckpt)
         m, _, _ = evaluate_utterances(best, val_utts, decode="greedy", progress=False)
         metrics["validation"] = {k: m[k] for k in ("wer", "cer", "n_utterances")}
-    write_json(out / "metrics.json", metrics)
+    if trainer.is_global_zero:
+        write_json(out / "metrics.json", metrics)
     return metrics
 
 
