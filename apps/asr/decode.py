@@ -171,10 +171,14 @@ def joint_beam_search(decoder, enc: torch.Tensor, ctc_logp: torch.Tensor, sos_eo
     ``pre_beam_ratio * beam`` by the attention score, plus <eos> and the tokens whose CTC
     posterior passes 5 % in some frame. The search ends when every running hypothesis
     scores below the best ended one (scores only fall as tokens are added) or at
-    ``maxlen = max(1, maxlen_ratio * T)`` tokens. Returns (tokens without sos/eos, score).
+    ``maxlen = min(maxlen_ratio * T, 1.5 * len(CTC best path) + 10)`` tokens. Returns (tokens without sos/eos, score).
     """
     T = ctc_logp.shape[0]
-    maxlen = max(1, int(maxlen_ratio * T))
+    # ESPnet's bound is T tokens; the CTC best path's length bounds it much tighter (an unsure
+    # decoder that never says <eos> would otherwise run T steps)
+    best = ctc_logp.argmax(-1)
+    n_ctc = int(((best != blank) & torch.cat([torch.tensor([True]), best[1:] != best[:-1]])).sum())
+    maxlen = max(1, min(int(maxlen_ratio * T), int(1.5 * n_ctc) + 10))
     scorer = CTCPrefixScorer(ctc_logp, blank)
     state = decoder.init_state(enc)
     state = decoder.reorder(state, torch.zeros(1, dtype=torch.long, device=enc.device))
