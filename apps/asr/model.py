@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from functools import partial
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -312,16 +312,3 @@ class ASRNet(nn.Module):
 
 def count_parameters(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-def no_decay_groups(model: nn.Module, weight_decay: float) -> List[dict]:
-    """AdamW groups: no weight decay on biases, norms and SSM parameters (``A_log``, ``D``, ``dt_proj.bias``; mamba_ssm's ``_no_weight_decay``)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or getattr(p, "_no_weight_decay", False):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -19,7 +19,7 @@ from core.engine import (UserError, best_or_last_checkpoint, budget_fraction, is
 from .data import (BucketBatchSampler, Utterance, fill_durations, load_corpora, normalize_text, read_audio,
                    speed_perturb)
 from .features import LogMel, compute_cmvn, spec_augment
-from .model import ASRNet, count_parameters, model_config, no_decay_groups
+from .model import ASRNet, count_parameters, model_config
 from .tokenizer import Tokenizer, train_tokenizer
 
 DEFAULTS: Dict = {
@@ -135,7 +135,9 @@ class ASRModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(no_decay_groups(self.net, hp.weight_decay), lr=hp.lr, betas=(0.9, 0.98))
+        from core.engine.optim import param_groups
+
+        opt = torch.optim.AdamW(param_groups(self.net, hp.weight_decay), lr=hp.lr, betas=(0.9, 0.98))
         module = self
 
         def factor(step: int) -> float:
