@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from core.engine import (AppCLI, UserError, check_new_output, require_paths, resolve_checkpoint,
+from core.engine import (AppCLI, UserError, check_new_output, is_rank_zero, require_paths, resolve_checkpoint,
                          resolve_config)
 
 from .config import MODEL_NAMES, TRAIN_DEFAULTS, model_keys
@@ -42,7 +42,8 @@ def cmd_train(args) -> int:
                          {"max_len": args.max_len, "user_min": args.user_min, "item_min": args.item_min,
                           "loss": args.loss, "batch_size": args.batch_size, "lr": args.lr},
                          args.set_pairs, extra_keys={"model": model_keys})
-    check_new_output(args.out, args.overwrite, folder=True)
+    if is_rank_zero():  # DDP: the ranks Lightning relaunches find rank 0's folder already made
+        check_new_output(args.out, args.overwrite, folder=True)
     from .train import train
 
     tk = dict(accelerator=args.accelerator, devices=int(args.devices) if str(args.devices).isdigit()

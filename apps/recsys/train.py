@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from core.engine import (UserError, best_or_last_checkpoint, make_trainer, merge_config, prepare_run_dir,
+from core.engine import (UserError, best_or_last_checkpoint, is_rank_zero, make_trainer, merge_config, prepare_run_dir,
                          seed_everything, write_json)
 
 from .config import TRAIN_DEFAULTS
@@ -88,7 +88,8 @@ def train(data_path: str, model: str, out: str, fmt: str = "auto", columns: Opti
                             cols.get("user"), cols.get("item"), cols.get("time"))
     out_dir = prepare_run_dir(out, overwrite, clear=("metrics.json", "config.json"))
     seed_everything(seed)
-    write_json(out_dir / "config.json", dict(cfg, model_name=model, data=str(data_path), seed=seed))
+    if is_rank_zero():
+        write_json(out_dir / "config.json", dict(cfg, model_name=model, data=str(data_path), seed=seed))
     module = build_module(model, cfg, data)
     tk = dict(trainer_kwargs or {})
     trainer = make_trainer(out_dir, max_epochs=cfg["max_epochs"], max_time=max_time, monitor="val_ndcg@10",
