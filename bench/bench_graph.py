@@ -161,7 +161,7 @@ def cmd_peptides(args) -> dict:
     t0, c0 = time.time(), cpu_seconds()
     seed_everything(args.seed)
     cfg = resolve_config(overrides={"model": {**(SMALL if args.small else {}), **json.loads(args.model_json)}})
-    loaded = load_dataset(args.data, cfg)
+    loaded = load_dataset(args.data, cfg, limit=args.limit_rows or None)  # CPU budget: the first N CSV rows
     t_load = time.time() - t0
     sp = loaded.split
     parts = {"train": sp["train"][:args.train_limit], "val": sp["val"][:args.val_limit],
@@ -216,6 +216,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("peptides")
     p.add_argument("--data", required=True)
     p.add_argument("--models", nargs="+", default=["gmn", "gin"])
+    p.add_argument("--limit-rows", type=int, default=0, help="read only the first N peptides (0: all 15,535)")
     p.add_argument("--train-limit", type=int, default=2000)
     p.add_argument("--val-limit", type=int, default=500)
     p.add_argument("--test-limit", type=int, default=0, help="0: the whole official test split")
