@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from core.layers import Block, GatedMLP, InferenceParams, Mamba, RMSNorm
+from core.layers import BiMamba, Block, GatedMLP, InferenceParams, Mamba, RMSNorm
 
 # arch "samba": Mamba encoder + Mamba decoder; arch "conformer": the attention baseline.
 PRESETS: Dict[str, dict] = {
@@ -109,34 +109,6 @@ class SubsampleStream:
         return self.sub.head(torch.relu(y2))
 
 
-def flip_padded(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
-    """Reverse each sequence of ``x (B, L, D)`` within its length (padding stays at the end)."""
-    if lengths is None:
-        return x.flip(1)
-    L = x.shape[1]
-    ar = torch.arange(L, device=x.device)[None]
-    idx = (lengths.to(x.device)[:, None] - 1 - ar)
-    idx = torch.where(idx >= 0, idx, ar)                       # padding maps to itself
-    return x.gather(1, idx[:, :, None].expand_as(x))
-
-
-class PaddedBiMamba(nn.Module):
-    """Vim-style bidirectional Mamba (``fwd`` + ``bwd``, outputs added) for padded batches: the
-    backward scan reads each utterance reversed within its own length, so padding never leaks
-    into valid frames. ``forward(x (B, L, d_model), lengths (B,) or None) -> (B, L, d_model)``."""
-
-    def __init__(self, d_model: int, layer_idx=None, **mamba_kwargs):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.fwd = Mamba(d_model, **mamba_kwargs)
-        self.bwd = Mamba(d_model, **mamba_kwargs)
-
-    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, inference_params=None, **_):
-        if inference_params is not None:
-            raise NotImplementedError("a bidirectional encoder cannot stream; train with model.causal=true")
-        return self.fwd(x) + flip_padded(self.bwd(flip_padded(x, lengths)), lengths)
-
-
 class MambaStack(nn.Module):
     """Pre-norm residual stack of core ``Block``s (RMSNorm, optional GatedMLP) + final norm.
 
@@ -149,7 +121,9 @@ class MambaStack(nn.Module):
         super().__init__()
         from core.layers.block import _init_weights
 
-        mixer = PaddedBiMamba if bidirectional else Mamba
+        # core's BiMamba with ``lengths`` reverses each utterance within its own length, so the
+        # backward scan never starts on padding
+        mixer = partial(BiMamba, combine="add") if bidirectional else Mamba
         norm = partial(RMSNorm, eps=1e-5)
         mlp = partial(GatedMLP, hidden_features=d_intermediate, out_features=d_model) if d_intermediate else None
         self.layers = nn.ModuleList(

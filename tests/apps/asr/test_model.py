@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from apps.asr.decode import CTCPrefixScorer, ctc_align, ctc_greedy, joint_beam_search, word_times
 from apps.asr.features import LogMel, StreamingLogMel
-from apps.asr.model import ASRNet, EncoderStream, flip_padded, model_config
+from apps.asr.model import ASRNet, EncoderStream, model_config
 
 SMALL = dict(d_model=32, enc_layers=2, dec_layers=2, subsample_channels=8)
 
@@ -55,13 +55,6 @@ def test_padding_does_not_leak(causal):
     assert el.tolist() == [74, 44] and sl.tolist() == [44]
     # the last few frames see padding through the subsampling convs' receptive field, as in ESPnet
     torch.testing.assert_close(enc[1, :42], single[0, :42], atol=1e-4, rtol=1e-4)
-
-
-def test_flip_padded():
-    x = torch.arange(10.0).view(1, 5, 2).repeat(2, 1, 1)
-    y = flip_padded(x, torch.tensor([5, 3]))
-    assert torch.equal(y[0], x[0].flip(0))
-    assert torch.equal(y[1, :3], x[1, :3].flip(0)) and torch.equal(y[1, 3:], x[1, 3:])
 
 
 @pytest.mark.parametrize("arch", ["samba", "conformer"])
