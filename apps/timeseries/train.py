@@ -4,24 +4,22 @@ With ``linear_stage.enabled`` (SpaceTime, Chimera) training runs in two stages: 
 (skip map + residual cycle) is fitted alone first, with its own recipe; then the SSM branch learns the
 residual, starting from a zero output, with that path frozen (``linear_stage.freeze``). The branch is
 kept only if it lowers the validation MSE; otherwise the stage-1 checkpoint is the result.
-``max_epochs`` and the other top-level options drive stage 2; ``max_time`` bounds each stage.
+``max_epochs`` and the other top-level options drive stage 2; ``max_time`` bounds both stages together.
 """
 from __future__ import annotations
 
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
-import lightning as L
-import torch
-import torch.nn.functional as F
-
-from core.engine import (UserError, best_or_last_checkpoint, configure_optimizers, load_module, make_trainer,
-                         merge_config, prepare_run_dir, seed_everything, write_json)
+from core.engine import (Deadline, UserError, atomic_path, best_or_last_checkpoint, is_rank_zero, load_module,
+                         make_trainer, prepare_run_dir, seed_everything, write_json)
+from core.engine import resolve_config as resolve_strict
 
 from .data import SeriesData, auto_cycle_len, load_series
-from .models import MODELS, build_model, linear_path, set_linear_only, zero_branch_output
+from .models import MODELS, zero_branch_output
+from .module import STAGES, ForecastModule  # noqa: F401  (STAGES: public name kept)
 
 # Per-model defaults, tuned on ETTh1 validation (see bench/RESULTS.md, "## timeseries").
 MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -40,85 +38,23 @@ TRAIN_DEFAULTS: Dict[str, Any] = dict(
     linear_stage=dict(enabled=False, freeze=True, max_epochs=30, batch_size=256, lr=0.01, loss="mse",
                       lr_decay=0.9, lr_hold=2, patience=5),
 )
-STAGES = ("joint", "linear", "residual")
 
 
-class ForecastModule(L.LightningModule):
-    """Wraps ``MODELS[model_name]``; everything needed to rebuild data and model is a hyperparameter."""
-
-    def __init__(self, model_name: str, model_cfg: Dict[str, Any], seq_len: int, pred_len: int,
-                 enc_in: int, c_out: int, lr: float = 1e-3, weight_decay: float = 0.0,
-                 loss: str = "mse", lr_decay: float = 0.5, data_info: Optional[Dict[str, Any]] = None,
-                 cycle_len: int = 0, lr_hold: int = 0, stage: str = "joint"):
-        super().__init__()
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        self.save_hyperparameters()
-        self.model = build_model(model_name, seq_len, pred_len, enc_in, c_out, cycle_len=cycle_len, **model_cfg)
-        if stage != "joint":
-            # "linear": the linear path alone; "residual": the SSM branch on top of a frozen linear path
-            set_linear_only(self.model, stage == "linear")
-            linear = {id(p) for p in linear_path(self.model)}
-            for p in self.model.parameters():
-                p.requires_grad_((id(p) in linear) == (stage == "linear"))
-
-    def forward(self, x: torch.Tensor, t_index: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x (B, seq_len, enc_in) scaled, t_index (B,) step index of each window's first row
-        (needed when ``cycle_len > 0``) -> (B, pred_len, c_out) scaled."""
-        if self.hparams.cycle_len > 0:
-            if t_index is None:
-                raise ValueError("this model removes a calendar cycle: pass t_index, the windows' step index")
-            return self.model(x, t_index)
-        return self.model(x)
-
-    def _loss(self, pred, y):
-        kind = self.hparams.loss
-        if kind == "mae":
-            return F.l1_loss(pred, y)
-        if kind == "huber":
-            return F.smooth_l1_loss(pred, y, beta=0.5)
-        return F.mse_loss(pred, y)
-
-    def training_step(self, batch, batch_idx):
-        x, y, t = batch
-        loss = self._loss(self(x, t), y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y, t = batch
-        pred = self(x, t)
-        # sums so the epoch value is the exact mean over all windows (last partial batch included)
-        self.log("val_loss", F.mse_loss(pred, y), on_epoch=True, prog_bar=True, batch_size=x.shape[0])
-
-    def configure_optimizers(self):
-        # trainable parameters only (a stage trains only its own part); TSLib "type1" decay is hold 0,
-        # decay 0.5; LTSF-Linear's "type3" is hold 3, decay 0.9
-        return configure_optimizers(self, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                    optimizer="adam", schedule="step_decay", decay=self.hparams.lr_decay,
-                                    hold=self.hparams.lr_hold)
-
-
-def resolve_config(model: str, config: Optional[Dict[str, Any]] = None,
-                   overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Defaults <- config file <- --set overrides; ``model`` holds the model's keyword arguments."""
+def resolve_config(model: str, config: Any = None, overrides: Optional[Dict[str, Any]] = None,
+                   set_pairs: Sequence[str] = ()) -> Dict[str, Any]:
+    """Defaults <- ``config`` (file path or mapping) <- ``overrides`` (flags) <- ``set_pairs``
+    (``--set``), strictly: an unknown key at any depth is an error naming its closest valid names.
+    ``model`` holds the model's keyword arguments."""
     if model not in MODELS:
         raise UserError("--model", f"unknown model {model!r}; choose from {sorted(MODELS)}")
     base = dict(TRAIN_DEFAULTS, model=dict(MODEL_DEFAULTS[model]))
-    cfg = merge_config(base, config or {}, overrides or {})
-    unknown = sorted(set(cfg["model"]) - set(MODEL_DEFAULTS[model]))
-    if unknown:
-        raise UserError("config", f"unknown {model} option(s) {unknown}; known: {sorted(MODEL_DEFAULTS[model])}")
+    cfg = resolve_strict(base, config, overrides, set_pairs)
     if cfg["cycle"] != "auto" and (isinstance(cfg["cycle"], bool) or not isinstance(cfg["cycle"], int)
                                    or cfg["cycle"] < 0):
         raise UserError("config", f"cycle must be 'auto' or a number of steps >= 0 (0 = off), got {cfg['cycle']!r}")
     for where, c in (("loss", cfg), ("linear_stage.loss", cfg["linear_stage"])):
         if c["loss"] not in ("mse", "mae", "huber"):
             raise UserError("config", f"{where} must be mse, mae or huber, got {c['loss']!r}")
-    unknown = sorted(set(cfg["linear_stage"]) - set(TRAIN_DEFAULTS["linear_stage"]))
-    if unknown:
-        raise UserError("config", f"unknown linear_stage option(s) {unknown}; "
-                                  f"known: {sorted(TRAIN_DEFAULTS['linear_stage'])}")
     if cfg["linear_stage"]["enabled"]:
         if not cfg["model"].get("linear_skip", False):  # only the SSM models have the option
             raise UserError("config", f"linear_stage needs an SSM model with its linear skip path "
@@ -134,28 +70,33 @@ def data_info(data: SeriesData) -> Dict[str, Any]:
 
 def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, features: str = "M",
           target: Optional[str] = "OT", date_col: Optional[str] = None, fill: bool = False,
-          config: Optional[Dict[str, Any]] = None, overrides: Optional[Dict[str, Any]] = None,
-          max_epochs: Optional[int] = None, max_time: Optional[str] = None, seed: Optional[int] = None,
+          config: Any = None, overrides: Optional[Dict[str, Any]] = None,
+          max_epochs: Optional[int] = None, max_time: Optional[str] = None, seed: Optional[int] = 0,
           overwrite: bool = False, progress: bool = True, split: Optional[str] = None,
-          trainer_kwargs: Optional[Dict[str, Any]] = None, num_workers: int = 0) -> Dict[str, Any]:
+          trainer_kwargs: Optional[Dict[str, Any]] = None, num_workers: int = 0,
+          set_pairs: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
     """Train on ``data_path`` by the protocol, keep the best-validation checkpoint, test it.
 
-    Writes under ``out``: checkpoints/best.ckpt, logs/, config.json, metrics.json. Returns the metrics.
+    Writes under ``out``: checkpoints/best.ckpt, logs/, config.json, metrics.json. Returns the metrics
+    (``None`` on the other ranks of a DDP run: only rank 0 evaluates and writes). ``max_time`` is the
+    training budget of both stages together; the final val/test scoring (one pass each) follows it.
     """
     from lightning.pytorch.callbacks import EarlyStopping
 
     from .infer import evaluate_split
 
-    cfg = resolve_config(model, config, overrides)
+    deadline = Deadline(max_time)
+    cfg = resolve_config(model, config, overrides, set_pairs)
     if max_epochs is not None:
         cfg["max_epochs"] = max_epochs
     data = load_series(data_path, seq_len, pred_len, features, target, date_col, fill, split)  # validates first
     out_dir = prepare_run_dir(out, overwrite, clear=("metrics.json", "config.json"))
     cycle_len = auto_cycle_len(data.timestamps) if cfg["cycle"] == "auto" else int(cfg["cycle"])
     seed_everything(seed)
-    write_json(out_dir / "config.json", dict(cfg, data=str(data_path), seq_len=seq_len, pred_len=pred_len,
-                                             features=features, target=data.target, seed=seed,
-                                             cycle_len=cycle_len))
+    if is_rank_zero():
+        write_json(out_dir / "config.json", dict(cfg, data=str(data_path), seq_len=seq_len, pred_len=pred_len,
+                                                 features=features, target=data.target, seed=seed,
+                                                 cycle_len=cycle_len))
 
     def make(stage: str, c: Dict[str, Any]) -> ForecastModule:
         return ForecastModule(model, cfg["model"], seq_len, pred_len, len(data.in_cols), len(data.out_cols),
@@ -165,7 +106,7 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
 
     def fit(module: ForecastModule, run_dir: Path, c: Dict[str, Any]):
         tk = dict(trainer_kwargs or {})
-        tk.setdefault("max_time", max_time)
+        tk["max_time"] = deadline.as_max_time()  # what is left of the budget
         trainer = make_trainer(run_dir, max_epochs=c["max_epochs"], monitor="val_loss", progress=progress,
                                callbacks=[EarlyStopping("val_loss", patience=c["patience"], mode="min")],
                                deterministic=False, **tk)
@@ -190,13 +131,15 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
     else:
         module = make("joint", cfg)
     best, score, epochs, train_s = fit(module, out_dir, cfg)
+    if not is_rank_zero():  # DDP: the other ranks trained; rank 0 scores and writes
+        return None
     if stage1 is not None:
         train_s += stage1["train_time_s"]
         stage1["branch_kept"] = score < stage1["val_mse"]
         if not stage1["branch_kept"]:  # the SSM branch never beat the linear path on validation
             best = out_dir / "checkpoints" / "best.ckpt"  # always the result
-            best.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(stage1["checkpoint"], best)
+            with atomic_path(best, overwrite=True) as tmp:
+                shutil.copyfile(stage1["checkpoint"], tmp)
     if best is None:
         best = best_or_last_checkpoint(out_dir)
     module = load_module(best, ForecastModule)

@@ -5,7 +5,8 @@ Importing this package (or :mod:`core.engine.cli`) does not import torch or Ligh
 trainer helpers load on first use, so a console script reports bad arguments in well under a second.
 """
 from .cli import (AppCLI, AppParser, Deadline, ItemFailures, OutputFolder, check_keys, check_new_output,
-                  deprecate, describe_error, global_rank, is_rank_zero, rank_zero_print, require_extra,
+                  deprecate, describe_error, global_rank, hardware_kwargs, is_rank_zero, prepare_demo_dir,
+                  rank_zero_print, require_extra,
                   require_paths, resolve_checkpoint, resolve_config)
 from .checkpoint import UnsafeCheckpointError, safe_globals, safe_load
 from .config import (add_trainer_args, deep_update, load_config, max_time_seconds, merge_config,
@@ -15,7 +16,7 @@ from .io import atomic_path, atomic_save, atomic_write, ensure_new, write_json
 
 # torch/Lightning-backed names, imported on first access (PEP 562)
 _LAZY = {name: ".trainer" for name in ("best_or_last_checkpoint", "load_module", "make_trainer", "progress",
-                                       "seed_everything")}
+                                       "resolve_device", "seed_everything")}
 _LAZY.update({name: ".optim" for name in ("budget_fraction", "configure_optimizers", "make_optimizer",
                                           "no_weight_decay_names", "param_groups", "poly_lr_scheduler",
                                           "step_decay_scheduler", "warmup_cosine_scheduler")})
@@ -33,13 +34,14 @@ def __getattr__(name):
 
 __all__ = [
     "AppCLI", "AppParser", "Deadline", "ItemFailures", "OutputFolder", "check_keys", "check_new_output",
-    "deprecate", "describe_error", "global_rank", "is_rank_zero", "rank_zero_print", "require_extra",
+    "deprecate", "describe_error", "global_rank", "hardware_kwargs", "is_rank_zero", "prepare_demo_dir",
+    "rank_zero_print", "require_extra",
     "require_paths", "resolve_checkpoint", "resolve_config",
     "add_trainer_args", "deep_update", "load_config", "max_time_seconds", "merge_config",
     "parse_max_time", "parse_set_pairs", "prepare_run_dir", "trainer_kwargs_from_args",
     "EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_OK", "UserError", "cli_main", "atomic_path", "atomic_save",
     "atomic_write", "ensure_new", "write_json", "best_or_last_checkpoint", "load_module", "make_trainer",
-    "progress", "seed_everything", "budget_fraction", "poly_lr_scheduler",
+    "progress", "resolve_device", "seed_everything", "budget_fraction", "poly_lr_scheduler",
     "configure_optimizers", "make_optimizer", "no_weight_decay_names", "param_groups", "step_decay_scheduler",
     "warmup_cosine_scheduler", "UnsafeCheckpointError", "safe_globals", "safe_load",
 ]

@@ -179,14 +179,31 @@ def add_train_flags(p: AppParser, out_help: str = "run folder: checkpoints/, log
     add_hardware_flags(p)
 
 
-def add_inference_flags(p: AppParser, out_help: str, out_required: bool = True) -> None:
-    """``--checkpoint``, ``-o/--out``, ``--device``, ``--num-workers``, ``--overwrite``."""
+def _device(text: str) -> str:
+    t = text.strip().lower()
+    if t in ("cpu", "cuda", "mps") or (t.startswith("cuda:") and t[5:].isdigit()):
+        return t
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+
+
+def add_inference_flags(p: AppParser, out_help: str, out_required: bool = True, workers: bool = True) -> None:
+    """``--checkpoint``, ``-o/--out``, ``--device``, ``--num-workers`` (unless ``workers=False``), ``--overwrite``."""
     p.add_required("--checkpoint", default=None, metavar="CKPT",
                    help="checkpoint file, or a run folder (its best checkpoint, else the last) (required)")
     add_out_flag(p, out_help, required=out_required)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    add_workers_flag(p)
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    if workers:
+        add_workers_flag(p)
     add_overwrite_flag(p)
+
+
+def hardware_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """:func:`core.engine.make_trainer` keywords from :func:`add_hardware_flags` (``--devices 2`` -> 2)."""
+    devices = args.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    return dict(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, strategy=args.strategy,
+                precision=args.precision)
 
 
 class AppCLI:
@@ -202,15 +219,16 @@ class AppCLI:
         self._sub = self.parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                                parser_class=AppParser)
 
-    def command(self, name: str, help: str, fn: Optional[Callable] = None, description: str = "") -> AppParser:
+    def command(self, name: str, help: str, fn: Optional[Callable] = None, description: str = "",
+                epilog: Optional[str] = None) -> AppParser:
         """A verb without standard flags (an app's own, e.g. ``pretrain``)."""
-        p = self._sub.add_parser(name, help=help, description=description or help, epilog=PRECEDENCE)
+        p = self._sub.add_parser(name, help=help, description=description or help, epilog=epilog)
         p.set_defaults(fn=fn)
         return p
 
     def train(self, help: str, fn: Optional[Callable] = None, name: str = "train",
               out_help: str = "run folder: checkpoints/, logs/, metrics.json") -> AppParser:
-        p = self.command(name, help, fn)
+        p = self.command(name, help, fn, epilog=PRECEDENCE)
         add_train_flags(p, out_help)
         return p
 
@@ -221,9 +239,9 @@ class AppCLI:
         return p
 
     def predict(self, help: str, fn: Optional[Callable] = None, name: str = "predict",
-                out_help: str = "output folder") -> AppParser:
+                out_help: str = "output folder", workers: bool = True) -> AppParser:
         p = self.command(name, help, fn)
-        add_inference_flags(p, out_help, out_required=True)
+        add_inference_flags(p, out_help, out_required=True, workers=workers)
         return p
 
     def demo(self, help: str, fn: Optional[Callable] = None) -> AppParser:
@@ -420,6 +438,31 @@ def check_new_output(path: Union[str, os.PathLike, None], overwrite: bool, folde
             raise UserError(p, "is a folder; expected a file name")
         if p.exists() and not overwrite:
             raise UserError(p, "already exists (pass --overwrite to replace it)")
+    return p
+
+
+DEMO_MARKER = ".ssm-demo"
+
+
+def prepare_demo_dir(out: Union[str, os.PathLike], overwrite: bool = False) -> Path:
+    """The demo's folder, re-runnable as written: a folder an earlier demo made (it holds the
+    ``.ssm-demo`` marker) is emptied and reused; any other non-empty folder needs ``overwrite``.
+    Rank 0 only prepares it (see :func:`is_rank_zero`)."""
+    import shutil
+
+    p = Path(out)
+    if not is_rank_zero():
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+    if p.exists() and not p.is_dir():
+        raise UserError(p, "exists and is not a folder")
+    if p.is_dir() and any(p.iterdir()):
+        if not (p / DEMO_MARKER).is_file() and not overwrite:
+            raise UserError(p, "folder is not empty and was not made by the demo (pass --overwrite to use it)")
+        for child in p.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    p.mkdir(parents=True, exist_ok=True)
+    (p / DEMO_MARKER).write_text("made by an ssm-pipelines demo; re-running the demo replaces this folder\n")
     return p
 
 

@@ -50,7 +50,7 @@ def make_trainer(out_dir: str | Path, max_epochs: Optional[int] = None, max_time
     Extra keywords go to ``lightning.Trainer``.
     """
     import lightning
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.plugins.io import CheckpointIO
 
@@ -68,7 +68,10 @@ def make_trainer(out_dir: str | Path, max_epochs: Optional[int] = None, max_time
     if progress:
         import sys
 
-        cbs.append(RichProgressBar(leave=True) if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=20))
+        from .progress import make_log_progress_bar
+
+        # a bar on a terminal; in a log, a line every few seconds (SSM_PROGRESS_EVERY)
+        cbs.append(RichProgressBar(leave=True) if sys.stderr.isatty() else make_log_progress_bar())
     logs = []
     if "csv" in loggers:
         logs.append(CSVLogger(out, name="logs", version=""))
@@ -131,10 +134,34 @@ def load_module(ckpt_path: str | Path, module_cls: Type[M], map_location: Any = 
     return module
 
 
+def resolve_device(device: str = "cpu") -> torch.device:
+    """``--device`` as a ``torch.device``; one-line :class:`UserError` when it is not available here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError("--device", f"expected cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device", f"{device} requested but no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError("--device", f"{device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError("--device", "mps requested but not available")
+    return dev
+
+
 def progress(iterable: Iterable, description: str = "working", total: Optional[int] = None):
-    """Iterate with a Rich progress bar on stderr (hidden when ``SSM_NO_PROGRESS=1``)."""
+    """Iterate with a Rich progress bar on stderr; in a log (stderr not a terminal) a line every few
+    seconds instead (hidden when ``SSM_NO_PROGRESS=1``)."""
     if os.environ.get("SSM_NO_PROGRESS") == "1":
         yield from iterable
+        return
+    import sys
+
+    if not sys.stderr.isatty():
+        from .progress import log_progress
+
+        yield from log_progress(iterable, description, total)
         return
     from rich.console import Console
     from rich.progress import track
