@@ -18,7 +18,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from core.engine import UserError
+from core.engine import UserError, describe_error
 
 from .labels import LabelSpace
 
@@ -151,8 +151,7 @@ def read_header(record: str | Path) -> Header:
             warnings.simplefilter("ignore")
             h = wfdb.rdheader(str(rec))
     except Exception as e:  # wfdb raises many types for malformed text
-        raise UserError(hea, f"unreadable WFDB header ({(str(e).splitlines() or [type(e).__name__])[0][:120]})") \
-            from None
+        raise UserError(hea, describe_error(e, "WFDB header")) from None
     if not h.n_sig or not h.sig_name:
         raise UserError(hea, "header lists no signals")
     fs = float(h.fs) if h.fs is not None else float("nan")
@@ -196,8 +195,7 @@ def _read_digital(h: Header) -> np.ndarray:
         try:
             val = scipy.io.loadmat(str(mat))["val"]
         except Exception as e:
-            raise UserError(mat, f"unreadable MATLAB signal file ({(str(e).splitlines() or [type(e).__name__])[0][:100]})") \
-                from None
+            raise UserError(mat, describe_error(e, "MATLAB signal file")) from None
         val = np.asarray(val)
         if val.ndim != 2:
             raise UserError(mat, f"'val' has {val.ndim} dimensions, expected leads x samples")
@@ -213,8 +211,7 @@ def _read_digital(h: Header) -> np.ndarray:
             warnings.simplefilter("ignore")
             r = wfdb.rdrecord(str(h.path), physical=False, return_res=64)
     except Exception as e:
-        raise UserError(h.path, f"unreadable signal file ({(str(e).splitlines() or [type(e).__name__])[0][:100]})") \
-            from None
+        raise UserError(h.path, describe_error(e, "WFDB signal file")) from None
     d = r.d_signal
     if d is None or d.shape != (h.n_samples, n_sig):
         got = None if d is None else d.shape

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 import torch
 
-from core.engine import UserError
+from core.engine import UserError, describe_error
 
 from .data import (Header, LoadedSet, WindowDataset, choose_lead_set, fill_leads, lead_indices, preprocess,
                    read_header, read_record, signal_files)
@@ -57,10 +57,6 @@ def resolve_data_loading(mode: str, n_records: int) -> str:
     return mode
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:100]
-
-
 def _mat_shape(mat: Path) -> Tuple[Tuple[int, ...], Optional[int]]:
     """Shape of ``val`` in a MATLAB file and, for v4 files, the byte size its header implies."""
     with open(mat, "rb") as f:
@@ -80,7 +76,7 @@ def _mat_shape(mat: Path) -> Tuple[Tuple[int, ...], Optional[int]]:
     try:
         found = [shape for name, shape, _ in scipy.io.whosmat(str(mat)) if name == "val"]
     except Exception as e:  # scipy raises many types for a file that is not MATLAB
-        raise UserError(mat, f"unreadable MATLAB signal file ({_first_line(e)})") from None
+        raise UserError(mat, describe_error(e, "MATLAB signal file")) from None
     if not found:
         raise UserError(mat, "unreadable MATLAB signal file (no 'val' variable)")
     return tuple(found[0]), None

@@ -9,14 +9,13 @@ equivalent code VPB (17338001), as some Challenge sources do.
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from core.engine import atomic_path, prepare_run_dir
+from core.engine import atomic_path, prepare_demo_dir
 
 from .data import LEADS_12
 
@@ -131,16 +130,13 @@ def make_dataset(folder: Path, n: int, seed: int, prefix: str = "S", fs_choices=
 
 def run_demo(out: Path, seed: int = 0, overwrite: bool = False, n_train: int = 120, max_epochs: int = 12,
              max_time: str = "00:00:00:50") -> int:
-    """Synthetic data -> train (tiny preset, <= ``max_time``) -> evaluate -> predict, all under ``out``."""
-    from argparse import Namespace
-
-    from . import cli
+    """Synthetic data -> train (tiny preset, <= ``max_time``) -> evaluate -> predict, all under ``out``.
+    Re-runnable as is: a folder an earlier demo made is replaced. Returns the exit code."""
+    from .infer import evaluate_checkpoint, predict_checkpoint
     from .train import DEFAULTS, train
 
     t0 = time.time()
-    out = prepare_run_dir(out, overwrite)
-    if overwrite:  # the training run lives one level down
-        prepare_run_dir(out / "run", overwrite=True)
+    out = prepare_demo_dir(out, overwrite)
     data, new = out / "data" / "train", out / "data" / "new"
     print(f"writing {n_train} synthetic training records to {data}/ and 7 new ones to {new}/ ...", flush=True)
     make_dataset(data, n_train, seed)
@@ -149,16 +145,14 @@ def run_demo(out: Path, seed: int = 0, overwrite: bool = False, n_train: int = 1
     run = out / "run"
     run.mkdir(exist_ok=True)
     m = train([str(data)], run, cfg, seed=seed, trainer_kwargs={"max_epochs": max_epochs, "max_time": max_time},
-              progress=sys.stderr.isatty())
+              progress=True)
     v = m["validation"]
     print(f"trained {m['epochs'] + 1} epoch(s) in {m['train_seconds']:.0f} s; validation macro AUROC "
           f"{v['macro_auroc']:.3f}, Challenge score {v['challenge_score']:.3f}", flush=True)
     ev = out / "evaluation.json"
-    cli.cmd_evaluate(Namespace(checkpoint=str(run), data=[str(new)], out=str(ev), batch_size=32,
-                               num_workers=0, overwrite=overwrite))
+    evaluate_checkpoint(run, [new], ev)
     pred = out / "predictions"
-    rc = cli.cmd_predict(Namespace(checkpoint=str(run), input=[str(new)], out=str(pred), batch_size=32,
-                                   num_workers=0, overwrite=overwrite))
+    rc = predict_checkpoint(run, [new], pred)
     print(f"\ndemo done in {time.time() - t0:.0f} s\n"
           f"  records:     {data}/ (training), {new}/ (new, incl. a 2-min 257 Hz recording)\n"
           f"  checkpoint:  {m['checkpoint']}\n"

@@ -1,14 +1,15 @@
-"""Inference on whole records (windows combined) and the Challenge output files."""
+"""Inference on whole records (windows combined), the Challenge output files, and the evaluate/predict
+commands (:func:`evaluate_checkpoint`, :func:`predict_checkpoint`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from core.engine import UserError, atomic_write, ensure_new
+from core.engine import ItemFailures, UserError, atomic_write, ensure_new, resolve_checkpoint, write_json
 
 from .data import lead_set_name, windows
 from .dataset import scan_records, stream_records
@@ -130,7 +131,8 @@ def model_lead_sets(module, leads: Optional[Sequence[str]] = None) -> Optional[L
 def predict_records(module, records: Sequence[Path], out_dir: Path, overwrite: bool = False,
                     batch_size: int = 32, timeline_min_s: float = TIMELINE_MIN_S, log=print,
                     show_progress: bool = True, num_workers: int = 0,
-                    leads: Optional[Sequence[str]] = None) -> PredictResult:
+                    leads: Optional[Sequence[str]] = None,
+                    on_failure: Optional[Callable[[str], None]] = None) -> PredictResult:
     """Classify WFDB records; write ``OUT/REC.csv`` per record, ``OUT/summary.csv`` and, for long
     records, ``OUT/REC_timeline.csv``. Bad records are listed in ``failures`` (and
     ``OUT/failures.txt``), the others still get their files. Nothing is overwritten unless
@@ -147,7 +149,8 @@ def predict_records(module, records: Sequence[Path], out_dir: Path, overwrite: b
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise UserError(records[ids.index(dup[0])], f"record name {dup[0]} occurs more than once in the input")
-    ensure_new([out / f"{i}.csv" for i in ids] + [out / "summary.csv"], overwrite)
+    ensure_new([out / f"{i}.csv" for i in ids] + [out / f"{i}_timeline.csv" for i in ids]
+               + [out / "summary.csv", out / "failures.txt"], overwrite)
     out.mkdir(parents=True, exist_ok=True)
     hp = module.hparams
     space = LabelSpace(list(hp.classes))
@@ -165,6 +168,8 @@ def predict_records(module, records: Sequence[Path], out_dir: Path, overwrite: b
     for r in it:
         if r.error is not None:
             failures.append(r.error)
+            if on_failure is not None:  # said when it happens, so a log shows it in place
+                on_failure(r.error)
             continue
         # one record per call, as before streaming: its windows batch alone, so outputs are unchanged
         probs, per = predict_signals(module, [r.signal], batch_size=batch_size)
@@ -179,7 +184,7 @@ def predict_records(module, records: Sequence[Path], out_dir: Path, overwrite: b
         if duration > timeline_min_s:
             starts, wp = per[0]
             tl = out / f"{rid}_timeline.csv"
-            with atomic_write(tl, overwrite=True) as f:
+            with atomic_write(tl, overwrite=overwrite) as f:
                 f.write("start_s,end_s,labels," + ",".join(abbrs) + "\n")
                 for s, pw in zip(starts, wp):
                     t0 = s / float(hp.fs)
@@ -199,7 +204,7 @@ def predict_records(module, records: Sequence[Path], out_dir: Path, overwrite: b
             for (rid, dur, labs, used), p in zip(rows, row_probs):
                 f.write(f"{rid},{dur:.1f},{labs}," + ",".join(f"{v:.4f}" for v in p) + f",{used}\n")
         written.append(summary)
-    if failures:
+    if failures and written:
         with atomic_write(out / "failures.txt", overwrite=True) as f:
             f.write("\n".join(failures) + "\n")
     return PredictResult(written, failures, summary, counts)
@@ -282,3 +287,79 @@ def format_metrics_table(m: Dict, show_empty: bool = False) -> str:
     if hidden:
         lines.append(f"({hidden} classes without positive records not shown; all are in the JSON)")
     return "\n".join(lines)
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu"):
+    """The trained ``ECGModule`` of a checkpoint file or run folder, on ``device`` (UserError if unusable)."""
+    from core.engine import load_module, resolve_device
+
+    from .module import ECGModule
+
+    dev = resolve_device(device)
+    return load_module(resolve_checkpoint(path), ECGModule).to(dev)
+
+
+def default_eval_out(ckpt: Path, data: Sequence[str | Path]) -> Path:
+    """``RUN/eval_<data folder name>.json`` next to the run the checkpoint belongs to."""
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return run / f"eval_{Path(data[0]).resolve().name or 'data'}.json"
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: Sequence[str | Path], out: Optional[str | Path] = None,
+                        overwrite: bool = False, batch_size: int = 32, num_workers: int = 0,
+                        device: str = "cpu", leads: Optional[Sequence[str]] = None) -> int:
+    """``ssm-ecg evaluate``: metrics table on stdout and JSON at ``out`` (default RUN/eval_<data>.json).
+    Returns the exit code: 2 when some records could not be used (each named on stderr once)."""
+    from .data import find_records
+
+    ckpt = resolve_checkpoint(checkpoint)
+    out = Path(out) if out else default_eval_out(ckpt, data)
+    ensure_new(out, overwrite)
+    module = load_checkpoint(ckpt, device)
+    records = find_records(data)
+    m, ids, skipped = evaluate_records(module, records, batch_size=batch_size, num_workers=num_workers, leads=leads)
+    failures = ItemFailures("record")
+    for line in skipped:
+        failures.fail(*_split_item(line))
+    if m is None:
+        raise UserError(data[0], "no usable record")
+    m["checkpoint"] = str(ckpt)
+    m["skipped"] = skipped
+    m["records"] = ids
+    print(format_metrics_table(m))
+    print("leads used: " + ", ".join(f"{k}: {v} records" for k, v in m["leads_used"].items()))
+    write_json(out, m, overwrite=overwrite)
+    print(f"\nmetrics: {out}")
+    if failures:
+        return failures.finish(len(records), f"{out} (metrics of the other records)")
+    return 0
+
+
+def predict_checkpoint(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path,
+                       overwrite: bool = False, batch_size: int = 32, num_workers: int = 0,
+                       device: str = "cpu", leads: Optional[Sequence[str]] = None) -> int:
+    """``ssm-ecg predict``: Challenge files per record under ``out``; one line per failed record, a
+    summary line. Returns the exit code (2 if any record failed)."""
+    from core.engine import OutputFolder
+
+    from .data import find_records
+
+    module = load_checkpoint(checkpoint, device)
+    records = find_records(inputs)
+    failures = ItemFailures("record")
+    with OutputFolder(out):  # removed again if not one record could be written
+        res = predict_records(module, records, Path(out), overwrite=overwrite, batch_size=batch_size,
+                              num_workers=num_workers, leads=leads,
+                              on_failure=lambda line: failures.fail(*_split_item(line)))
+    n_ok = len(records) - len(res.failures)
+    if res.summary:
+        print(f"{n_ok} of {len(records)} records classified; outputs in {out}/ (summary: {res.summary})")
+    if res.leads_used:
+        print("leads used: " + ", ".join(f"{k}: {v} records" for k, v in res.leads_used.items()))
+    return failures.finish(len(records)) if failures else 0
+
+
+def _split_item(line: str) -> Tuple[str, str]:
+    """``"path: problem"`` -> (path, problem), for one-line-per-item reporting."""
+    item, _, problem = line.partition(": ")
+    return (item, problem) if problem else ("record", line)

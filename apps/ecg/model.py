@@ -24,12 +24,35 @@ PRESETS: Dict[str, dict] = {
 }
 
 
+def arch_options(arch: str) -> List[str]:
+    """The config keys architecture ``arch`` takes (its constructor's, less n_leads/num_classes)."""
+    import inspect
+
+    return [n for n in inspect.signature(ARCHS[arch]).parameters if n not in ("n_leads", "num_classes")]
+
+
+def all_model_keys() -> List[str]:
+    """Every key a ``model`` config section may hold: preset, arch and any architecture's options."""
+    return sorted({"preset", "arch"} | {k for a in ARCHS for k in arch_options(a)})
+
+
 def model_config(preset: str = "small", **overrides) -> dict:
-    """A preset's config with ``overrides`` applied (unknown preset -> ValueError)."""
+    """A preset's config with ``overrides`` applied. With another ``arch`` than the preset's, only the
+    preset keys that architecture takes are kept (the rest are its own defaults). Unknown preset or
+    arch, or an override the architecture does not take -> ValueError naming it."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
     cfg = copy.deepcopy(PRESETS[preset])
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    arch = overrides.get("arch", cfg["arch"])
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model arch {arch!r}; choose one of {sorted(ARCHS)}")
+    valid = arch_options(arch)
+    bad = [k for k in overrides if k != "arch" and k not in valid]
+    if bad:
+        raise ValueError(f"model.{bad[0]} is not an option of arch {arch}; its options: {', '.join(valid)}")
+    cfg = {k: v for k, v in cfg.items() if k == "arch" or k in valid}
+    cfg.update(overrides)
     return cfg
 
 
@@ -63,7 +86,7 @@ class ECGMamba(nn.Module):
 
     def __init__(self, n_leads: int, num_classes: int, d_model: int = 64, n_layer: int = 4, d_state: int = 16,
                  expand: int = 2, stem_channels: Sequence[int] = (32, 64), stem_strides: Sequence[int] = (4, 4),
-                 kernel_size: int = 9, dropout: float = 0.1, mixer: str = "bimamba", **_):
+                 kernel_size: int = 9, dropout: float = 0.1, mixer: str = "bimamba"):
         super().__init__()
         from core.layers import SSMBackbone
 
@@ -104,7 +127,7 @@ class ResNet1d(nn.Module):
     """Reference 1-D ResNet (two 3-tap-equivalent convs per block, stride-2 stages, global pooling)."""
 
     def __init__(self, n_leads: int, num_classes: int, width: int = 32, blocks: Sequence[int] = (1, 1, 1, 1),
-                 kernel_size: int = 9, dropout: float = 0.1, **_):
+                 kernel_size: int = 9, dropout: float = 0.1):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv1d(n_leads, width, 15, stride=4, padding=7, bias=False),
                                   nn.BatchNorm1d(width), nn.ReLU())
@@ -128,7 +151,7 @@ class ECGTransformer(nn.Module):
 
     def __init__(self, n_leads: int, num_classes: int, d_model: int = 64, n_layer: int = 4, n_head: int = 4,
                  stem_channels: Sequence[int] = (32, 64), stem_strides: Sequence[int] = (4, 4),
-                 kernel_size: int = 9, dropout: float = 0.1, ff_mult: int = 2, **_):
+                 kernel_size: int = 9, dropout: float = 0.1, ff_mult: int = 2):
         super().__init__()
         self.stem = ConvStem(n_leads, stem_channels, stem_strides, kernel_size)
         self.proj = nn.Linear(self.stem.out_channels, d_model)
@@ -165,6 +188,10 @@ def build_model(cfg: dict, n_leads: int, num_classes: int) -> nn.Module:
     arch = cfg.pop("arch", "mamba")
     if arch not in ARCHS:
         raise ValueError(f"unknown model arch {arch!r}; choose one of {sorted(ARCHS)}")
+    bad = [k for k in cfg if k not in arch_options(arch)]
+    if bad:
+        raise ValueError(f"model.{bad[0]} is not an option of arch {arch}; its options: "
+                         f"{', '.join(arch_options(arch))}")
     return ARCHS[arch](n_leads=n_leads, num_classes=num_classes, **cfg)
 
 

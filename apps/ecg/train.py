@@ -1,25 +1,24 @@
-"""Training: the LightningModule (config, classes and thresholds travel in the checkpoint) and
-the ``train`` pipeline from a folder of WFDB records to a run directory."""
+"""Training: the ``train`` pipeline from a folder of WFDB records to a run directory (the
+LightningModule is :class:`apps.ecg.module.ECGModule`)."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from core.engine import (UserError, best_or_last_checkpoint, configure_optimizers, load_module, make_trainer,
+from core.engine import (UserError, atomic_write, best_or_last_checkpoint, is_rank_zero, load_module, make_trainer,
                          seed_everything, write_json)
 
 from .data import find_records, lead_set_name, load_records, parse_leads
 from .dataset import (TrainData, record_signals, resolve_data_loading, scan_records, split_by_record,
                       window_dataset)
 from .labels import LabelSpace
-from .metrics import evaluate, tune_thresholds
-from .model import build_model, count_parameters, model_config
+from .metrics import evaluate
+from .model import all_model_keys, count_parameters, model_config
+from .module import PRESENT_ABOVE, ECGModule, asymmetric_loss  # noqa: F401  (public names kept here)
 
 DEFAULTS: Dict = {
     "model": {"preset": "small"},          # preset + any overrides of its keys (see model.PRESETS)
@@ -43,9 +42,6 @@ DEFAULTS: Dict = {
                                            # random sets in training, absent leads zero-filled + presence mask
 }
 
-PRESENT_ABOVE = 1e-2  # a normalised lead whose window never exceeds this is absent (zero-filled or flat)
-
-
 def trained_lead_sets(leads: Sequence[str], masking: bool) -> Optional[List[List[str]]]:
     """The Challenge lead sets (12, 6, 4, 3, 2) within ``leads``, largest first, ``leads`` itself
     first; ``None`` when masking is off or only one set fits (a plain fixed-lead model)."""
@@ -61,128 +57,6 @@ def trained_lead_sets(leads: Sequence[str], masking: bool) -> Optional[List[List
     return sets if len(sets) > 1 else None
 
 
-def asymmetric_loss(logits: torch.Tensor, y: torch.Tensor, gamma_neg: float = 4.0, gamma_pos: float = 0.0,
-                    clip: float = 0.05) -> torch.Tensor:
-    """Asymmetric loss (Ridnik et al. 2021): focusing on hard negatives and shifting easy ones to
-    zero. ``logits, y (B, C)`` -> scalar (sum over classes, mean over the batch)."""
-    p = torch.sigmoid(logits)
-    p_neg = (p - clip).clamp(min=0) if clip > 0 else p
-    eps = 1e-8
-    loss_pos = y * torch.log(p.clamp(min=eps)) * (1 - p).pow(gamma_pos)
-    loss_neg = (1 - y) * torch.log((1 - p_neg).clamp(min=eps)) * p_neg.pow(gamma_neg)
-    return -(loss_pos + loss_neg).sum(-1).mean()
-
-
-class ECGModule(L.LightningModule):
-    """Multi-label ECG classifier. ``forward(x (B, n_leads, L)) -> logits (B, C)``.
-
-    Everything ``predict`` needs is in the checkpoint: hyper-parameters (model config, class
-    list, leads, sampling rate, window) and the per-class ``thresholds`` buffer tuned on the
-    validation records for the Challenge score.
-    """
-
-    def __init__(self, classes: Sequence[str], leads: Sequence[str], fs: float = 500.0, window_s: float = 10.0,
-                 band_hz: Sequence[float] = (0.5, 45.0), model: Optional[dict] = None, loss: str = "bce",
-                 asl: Optional[dict] = None, lr: float = 1e-3, weight_decay: float = 1e-2,
-                 lead_sets: Optional[Sequence[Sequence[str]]] = None):
-        super().__init__()
-        self.save_hyperparameters()
-        self.space = LabelSpace(list(classes))
-        # lead masking: the net reads the leads (absent ones zero) plus one presence channel per lead
-        self.lead_sets = [tuple(s) for s in lead_sets] if lead_sets else None
-        n_in = 2 * len(leads) if self.lead_sets else len(leads)
-        self.net = build_model(model or model_config("small"), n_in, len(classes))
-        self.register_buffer("thresholds", torch.full((len(classes),), 0.5))
-        if self.lead_sets:
-            keep = torch.tensor([[float(lead in s) for lead in leads] for s in self.lead_sets])
-            self.register_buffer("set_keep", keep, persistent=False)                    # (S, n_leads)
-            self.register_buffer("set_thresholds", torch.full((len(self.lead_sets), len(classes)), 0.5))
-        self._val_probs: List[torch.Tensor] = []
-        self._val_labels: List[torch.Tensor] = []
-        self.last_val_metrics: Optional[dict] = None
-
-    @property
-    def window(self) -> int:
-        """Window length in samples."""
-        return int(round(self.hparams.window_s * self.hparams.fs))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (B, n_leads, L)`` -> logits ``(B, C)``. A lead-masked model takes absent leads as
-        zero rows and adds their presence mask ``(B, n_leads, L)`` as input channels."""
-        if self.lead_sets:
-            present = (x.detach().abs().amax(-1, keepdim=True) > PRESENT_ABOVE).to(x.dtype)
-            x = torch.cat([x, present.expand_as(x)], 1)
-        return self.net(x)
-
-    def thresholds_for(self, leads: Sequence[str]) -> np.ndarray:
-        """Per-class thresholds ``(C,)`` tuned on validation for the lead set ``leads``."""
-        if self.lead_sets:
-            for i, s in enumerate(self.lead_sets):
-                if set(s) == set(leads):
-                    return self.set_thresholds[i].detach().cpu().numpy()
-        return self.thresholds.detach().cpu().numpy()
-
-    def set_index(self, leads: Sequence[str]) -> int:
-        for i, s in enumerate(self.lead_sets or [tuple(self.hparams.leads)]):
-            if set(s) == set(leads):
-                return i
-        raise UserError("--leads", f"{','.join(leads)} is not a lead set of this model "
-                                   f"({'; '.join(','.join(s) for s in (self.lead_sets or [self.hparams.leads]))})")
-
-    def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.hparams.loss == "asl":
-            return asymmetric_loss(logits, y, **(self.hparams.asl or {}))
-        return F.binary_cross_entropy_with_logits(logits, y)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        if self.lead_sets:  # every record in the batch shows a random Challenge lead set
-            pick = torch.randint(len(self.lead_sets), (len(x),), device=x.device)
-            x = x * self.set_keep[pick][:, :, None].to(x.dtype)
-        loss = self.loss_fn(self(x), y)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        keeps = self.set_keep if self.lead_sets else torch.ones(1, x.shape[1], device=x.device)
-        probs, losses = [], []
-        for keep in keeps:  # every lead set, each on all validation windows
-            logits = self(x * keep[None, :, None].to(x.dtype))
-            losses.append(self.loss_fn(logits, y))
-            probs.append(torch.sigmoid(logits).detach().float().cpu())
-        self.log("val_loss", torch.stack(losses).mean(), prog_bar=True, on_epoch=True, batch_size=len(x))
-        self._val_probs.append(torch.stack(probs))        # (S, B, C)
-        self._val_labels.append(y.detach().cpu())
-
-    def on_validation_epoch_end(self):
-        if not self._val_probs:
-            return
-        p_all = torch.cat(self._val_probs, 1).numpy()
-        y = torch.cat(self._val_labels).numpy()
-        self._val_probs.clear()
-        self._val_labels.clear()
-        for i, p in enumerate(p_all):
-            th = tune_thresholds(self.space, y, p)
-            if self.lead_sets:
-                self.set_thresholds[i].copy_(torch.as_tensor(th, dtype=self.set_thresholds.dtype))
-            if i == 0:
-                self.thresholds.copy_(torch.as_tensor(th, dtype=self.thresholds.dtype))
-                m = evaluate(self.space, y, p, th)
-                self.last_val_metrics = m
-                for k in ("macro_auroc", "macro_auprc", "macro_f1", "challenge_score"):
-                    v = m[k]
-                    self.log(f"val_{k}", float(v) if np.isfinite(v) else 0.0, prog_bar=k == "challenge_score")
-            else:
-                v = evaluate(self.space, y, p, th)["macro_auroc"]
-                self.log(f"val_macro_auroc_{len(self.lead_sets[i])}leads", float(v) if np.isfinite(v) else 0.0)
-
-    def configure_optimizers(self):
-        # AdamW without decay on SSM/norm/bias parameters; linear warm-up (5 %), cosine decay to 2 %
-        return configure_optimizers(self, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                    optimizer="adamw", schedule="warmup_cosine", min_factor=0.02)
-
-
 def resolve_config(cfg: Dict) -> Dict:
     """Fill the model config from its preset; validate the few enumerations."""
     cfg = dict(cfg)
@@ -191,7 +65,7 @@ def resolve_config(cfg: Dict) -> Dict:
     try:
         cfg["model"] = model_config(preset, **m)
     except ValueError as e:
-        raise UserError("config model.preset", str(e)) from None
+        raise UserError("config", str(e)) from None
     if cfg["labels"] not in ("scored", "all"):
         raise UserError("config labels", f"must be 'scored' or 'all', got {cfg['labels']!r}")
     if cfg["loss"] not in ("bce", "asl"):
@@ -214,15 +88,19 @@ def _loaders(data: TrainData, tr: np.ndarray, va: np.ndarray, window: int, batch
 
 
 def train(data_inputs: Sequence[str | Path], out_dir: str | Path, cfg: Dict, seed: int = 0,
-          trainer_kwargs: Optional[Dict] = None, progress: bool = True, log=print) -> Dict:
+          trainer_kwargs: Optional[Dict] = None, progress: bool = True, log=print) -> Optional[Dict]:
     """Train on WFDB records; writes ``out_dir/checkpoints/{best,last}.ckpt``, ``metrics.json``,
-    ``config.json``, ``skipped.txt`` (bad records) and logs. Returns the metrics dict.
+    ``config.json``, ``skipped.txt`` (bad records) and logs. Returns the metrics dict (``None`` on
+    the other ranks of a DDP run: rank 0 alone scores the validation records and writes).
 
     ``cfg["data_loading"]`` picks how records are read: all up front (``memory``), or headers up
     front and signals on demand (``lazy``, bounded memory); ``auto`` chooses by record count."""
     from .infer import predict_signals
 
     cfg = resolve_config(cfg)
+    if not is_rank_zero():  # DDP: the other ranks stay quiet
+        def log(*_a, **_k):
+            return None
     out = Path(out_dir)
     seed_everything(seed)
     leads = parse_leads(cfg["leads"])
@@ -243,8 +121,8 @@ def train(data_inputs: Sequence[str | Path], out_dir: str | Path, cfg: Dict, see
         data.labels = np.stack([space.encode(d) for d in data.dx])
     for line in data.failures:
         log(f"skipped: {line}")
-    if data.failures:
-        with open(out / "skipped.txt", "w") as f:
+    if data.failures and is_rank_zero():
+        with atomic_write(out / "skipped.txt", overwrite=True) as f:
             f.write("\n".join(data.failures) + "\n")
     if not data.ids:
         raise UserError(str(data_inputs[0]), "no usable record (see the lines above)")
@@ -265,12 +143,16 @@ def train(data_inputs: Sequence[str | Path], out_dir: str | Path, cfg: Dict, see
     tk.setdefault("max_epochs", cfg["max_epochs"])
     if tk.get("max_epochs") is None and tk.get("max_time") is None:
         tk["max_epochs"] = cfg["max_epochs"]
-    write_json(out / "config.json", {**cfg, "leads": list(leads), "seed": seed, "data": [str(d) for d in data_inputs]})
+    if is_rank_zero():
+        write_json(out / "config.json", {**cfg, "leads": list(leads), "seed": seed,
+                                         "data": [str(d) for d in data_inputs]})
     tk.setdefault("log_every_n_steps", max(1, min(10, len(dl_tr))))
     trainer = make_trainer(out, monitor="val_loss", mode="min", progress=progress, num_sanity_val_steps=0, **tk)
     t1 = time.time()
     trainer.fit(module, dl_tr, dl_va)
     train_s = time.time() - t1
+    if not trainer.is_global_zero:  # DDP: rank 0 scores the whole validation set and writes
+        return None
     ckpt = best_or_last_checkpoint(out)
     best = load_module(ckpt, ECGModule)
     # validation metrics on whole records with the stored thresholds

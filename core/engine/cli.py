@@ -428,6 +428,8 @@ def check_new_output(path: Union[str, os.PathLike, None], overwrite: bool, folde
     if path is None:
         return None
     p = Path(path)
+    if not is_rank_zero():  # a DDP rank Lightning relaunched: rank 0 checked (and made) it already
+        return p
     if folder:
         if p.exists() and not p.is_dir():
             raise UserError(p, "exists and is not a folder")

@@ -68,7 +68,7 @@ def make_trainer(out_dir: str | Path, max_epochs: Optional[int] = None, max_time
     if progress:
         import sys
 
-        from .progress import make_log_progress_bar
+        from .progress_log import make_log_progress_bar
 
         # a bar on a terminal; in a log, a line every few seconds (SSM_PROGRESS_EVERY)
         cbs.append(RichProgressBar(leave=True) if sys.stderr.isatty() else make_log_progress_bar())
@@ -159,7 +159,7 @@ def progress(iterable: Iterable, description: str = "working", total: Optional[i
     import sys
 
     if not sys.stderr.isatty():
-        from .progress import log_progress
+        from .progress_log import log_progress
 
         yield from log_progress(iterable, description, total)
         return

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from apps.ecg.cli import load_checkpoint
+from apps.ecg.infer import load_checkpoint
 from apps.ecg.demo import synth_ecg, write_challenge_record
 from apps.ecg.infer import read_challenge_csv
 from apps.ecg.labels import LabelSpace

@@ -9,7 +9,8 @@ import weakref
 import numpy as np
 import pytest
 
-from apps.ecg.cli import _checkpoint, load_checkpoint
+from apps.ecg.infer import load_checkpoint
+from core.engine import resolve_checkpoint as _checkpoint
 from apps.ecg.data import find_records, load_records
 from apps.ecg.infer import evaluate_records, predict_records, predict_signals
 from apps.ecg.labels import LabelSpace
@@ -80,14 +81,15 @@ def test_evaluate_lists_bad_records_goes_on_and_exits_2(trained, sample_dir, tmp
     rc, stdout, err = run(["evaluate", "--checkpoint", str(trained), "--data", str(src), "--out", str(out)], capsys)
     assert rc == 2 and "Challenge score" in stdout
     lines = err.splitlines()
-    assert len(lines) == 5 and all(l.startswith("skipped: ") for l in lines)
+    assert len(lines) == 6 and all(l.startswith("error: ") for l in lines[:5])
+    assert lines[5].startswith("5 of 11 records failed; the other 6 written to")  # one summary line
     for name, line in zip(bad, lines):  # one line each, naming the record, in input order
         assert f"/{name}" in line
     assert "unsupported sampling rate" in lines[1] and "non-finite" in lines[2]
     assert "unknown lead name" in lines[3] and "missing" in lines[4]
     m = json.loads(out.read_text())
     assert m["records"] == ["E07500", "E07501", "E07502", "E07503", "E07504", "E07505"] and m["n_records"] == 6
-    assert [l.split(": ", 1)[1] for l in lines] == m["skipped"]
+    assert [l[len("error: "):] for l in lines[:5]] == m["skipped"]
     assert out.read_text() == ref  # the same skipped lines and metrics as the in-memory path
     assert [p.name for p in out.parent.iterdir()] == ["m.json"]  # written atomically, no temporary left
     # an existing result is kept without --overwrite; with it, read-ahead workers give the same file
@@ -119,7 +121,9 @@ def test_predict_with_read_ahead_writes_the_same_files(trained, sample_dir, tmp_
         out = tmp_path / f"pred{workers}"
         rc, _, err = run(["predict", "--checkpoint", str(trained), "-i", str(src), "-o", str(out),
                           "--num-workers", workers], capsys)
-        assert rc == 2 and err.splitlines()[0] == "5 record(s) failed:"
+        lines = err.splitlines()
+        assert rc == 2 and len(lines) == 6 and all(l.startswith("error: ") for l in lines[:5])
+        assert lines[5] == "5 of 11 records failed; the other 6 written"
         outs.append({p.name: p.read_text() for p in out.iterdir()})
         errs.append(err)
     assert outs[0] == outs[1] and errs[0] == errs[1]
