@@ -42,6 +42,7 @@ def cmd_train(args) -> int:
     require_paths(args.data, "--data", kind="file")
     if args.config:
         require_paths(args.config, "--config", kind="file")
+    check_new_output(args.out, args.overwrite, folder=True)
     from .train import train
 
     flags = {"batch_size": args.batch_size, "lr": args.lr}

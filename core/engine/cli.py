@@ -305,6 +305,12 @@ def _unknown_key(source: str, dotted: str, siblings: Iterable[str], all_keys: Li
     close = [k for k in all_keys if k.rsplit(".", 1)[-1] == leaf]  # the right name at another level
     close += [prefix + s for s in difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.6)
               if prefix + s not in close]
+    if not close:  # a close name at another level (lrr -> train.lr)
+        leaves = {}
+        for k in all_keys:
+            leaves.setdefault(k.rsplit(".", 1)[-1], []).append(k)
+        for name in difflib.get_close_matches(leaf, list(leaves), n=3, cutoff=0.6):
+            close += leaves[name]
     if not close:
         close = [k for k in difflib.get_close_matches(dotted, all_keys, n=3, cutoff=0.6)]
     hint = f"did you mean {', '.join(close[:3])}?" if close else \
@@ -501,8 +507,10 @@ class ItemFailures:
         self.stream = stream
         self.items: List[str] = []
 
-    def fail(self, item: object, problem: str) -> None:
-        line = " ".join(f"{item}: {problem}".split())
+    def fail(self, item: object, problem: Optional[str] = None) -> None:
+        """Count and print one failure: ``fail(item, problem)``, or ``fail(line)`` for a ready line
+        (a :class:`UserError` message already names its file)."""
+        line = " ".join((str(item) if problem is None else f"{item}: {problem}").split())
         self.items.append(line)
         print(f"error: {line}", file=self.stream or sys.stderr, flush=True)
 

@@ -1,0 +1,122 @@
+"""The app contract, checked the same way for every ``ssm-<app>`` (core/engine/README.md).
+
+A new app adds itself to ``APPS``: its cli module, the train verb's input flag and a function that
+makes the smallest input the train verb accepts past its argument checks (a path that exists).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.engine.cli import help_problems
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _csv(tmp: Path) -> Path:
+    p = tmp / "series.csv"
+    p.write_text("date,a,OT\n2024-01-01 00:00:00,1,2\n")
+    return p
+
+
+def _folder(tmp: Path) -> Path:
+    p = tmp / "data"
+    p.mkdir()
+    return p
+
+
+# app -> (cli module, train input flag, make a train input)
+APPS = {
+    "timeseries": ("apps.timeseries.cli", ["--model", "dlinear", "--data"], _csv),
+    "ecg": ("apps.ecg.cli", ["--data"], _folder),
+}
+
+
+def _cli(app):
+    return importlib.import_module(APPS[app][0]).build_cli()
+
+
+def _run(app, argv, capsys):
+    try:
+        code = _cli(app).main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_help_for_every_verb(app, capsys):
+    cli = _cli(app)
+    assert help_problems(cli.parser) == []
+    sub = next(a for a in cli.parser._actions if isinstance(a, argparse._SubParsersAction))
+    for verb in ("train", "evaluate", "demo"):
+        assert verb in sub.choices, verb
+    for verb, p in sub.choices.items():
+        text = p.format_help()
+        assert "``" not in text and ":func:" not in text, (verb, text)
+        opts = {o for a in p._actions for o in a.option_strings}
+        if verb in ("train", "pretrain"):
+            assert {"-o", "--out", "--config", "--set", "--seed", "--max-epochs", "--max-time", "--overwrite",
+                    "--num-workers", "--accelerator", "--devices", "--strategy", "--num-nodes",
+                    "--precision"} <= opts, verb
+            assert "Config precedence" in " ".join(text.split())
+            assert p.get_default("seed") == 0
+        elif verb != "demo":
+            assert {"--checkpoint", "-o", "--out", "--device", "--overwrite"} <= opts, verb
+        else:
+            assert {"-o", "--out", "--seed", "--overwrite"} <= opts
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_unknown_set_key_exits_2_naming_it(app, tmp_path, capsys):
+    _, flags, make = APPS[app]
+    code, _, err = _run(app, ["train", *flags, make(tmp_path), "-o", tmp_path / "run", "--set", "lrr=0.1"], capsys)
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert "unknown config key 'lrr'" in last and "did you mean" in last and "lr" in last
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_existing_output_needs_overwrite(app, tmp_path, capsys):
+    _, flags, make = APPS[app]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "mine.txt").write_text("the user's")
+    code, _, err = _run(app, ["train", *flags, make(tmp_path), "-o", run], capsys)
+    assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (run / "mine.txt").read_text() == "the user's"
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_missing_input_exits_2_before_heavy_imports(app, tmp_path):
+    _, flags, _ = APPS[app]
+    verbs = [["train", *flags, tmp_path / "nope", "-o", tmp_path / "run"],
+             ["evaluate", "--checkpoint", tmp_path / "nope.ckpt", "--data", tmp_path]]
+    code = ("import sys\nfrom %s import main\n"
+            "for argv in %r:\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 2, (argv, e.code)\n"
+            "    else:\n        raise AssertionError(argv)\n"
+            "heavy = [m for m in ('torch', 'lightning', 'monai') if m in sys.modules]\n"
+            "assert not heavy, heavy\n") % (APPS[app][0], [[str(a) for a in v] for v in verbs])
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    took = time.time() - t0
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(l.startswith("error: ") and "nope" in l for l in lines), lines
+    assert took < 10  # well under a second on an idle machine; this one is shared
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_checkpoint_run_folder_without_checkpoints_is_one_line(app, tmp_path, capsys):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    code, _, err = _run(app, ["evaluate", "--checkpoint", tmp_path / "run", "--data", tmp_path], capsys)
+    assert code == 2 and "no checkpoints/best.ckpt or checkpoints/last.ckpt" in err
