@@ -70,7 +70,7 @@ def test_one_checkpoint_any_lead_set(trained, sample_dir, tmp_path, capsys):
     assert rows == {"R12": " ".join(LEADS_12), "R6": "I II III aVR aVL aVF", "R2": "I II"}
 
     # the 6-lead file gives what the 12-lead original gives when its other leads are zero-filled
-    from apps.ecg.cli import load_checkpoint
+    from apps.ecg.infer import load_checkpoint
     from apps.ecg.data import fill_leads, preprocess, read_record
     from apps.ecg.infer import predict_signals, read_challenge_csv
 
