@@ -54,7 +54,7 @@ def prepare_brain(work: Path) -> tuple:
     import nibabel as nib
     import numpy as np
 
-    from apps.medseg.proxy import TEST_PROXIES, VAL_PROXY, make_proxy
+    from medseg_proxy import TEST_PROXIES, VAL_PROXY, make_proxy
 
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -86,14 +86,14 @@ def bench_brain(args) -> None:
     train_json, test_json, cfg = prepare_brain(work)
     run = work / "run"
     mins = int(args.minutes)
-    cmd = ["nice", "-n", "10", sys.executable, "-m", "apps.medseg.cli", "train", "--datalist", train_json,
+    cmd = ["nice", "-n", "10", sys.executable, "-m", "apps.medseg.cli", "train", "--data", train_json,
            "--out", run] + ([] if args.auto else ["--config", cfg]) + [
            "--max-time", f"00:00:{mins:02d}:00", "--seed", "0", "--overwrite", "--accelerator", "cpu"]
     with open(work / "train.log", "w") as log:
         t_train = _run(cmd, log)
     ckpt = best_or_last_checkpoint(run)  # last.ckpt when no validation ran yet
     ev = ["nice", "-n", "10", sys.executable, "-m", "apps.medseg.cli", "evaluate", "--checkpoint", ckpt,
-          "--datalist", test_json, "--out", work / "eval", "--overwrite"]
+          "--data", test_json, "--out", work / "eval" / "evaluation.json", "--overwrite"]
     with open(work / "eval.log", "w") as log:
         t_eval = _run(ev, log)
     res = json.loads((work / "eval" / "evaluation.json").read_text())
@@ -196,7 +196,7 @@ def unlabelled_proxies(img, n: int, out_dir: Path, seed: int = 100) -> list:
     import nibabel as nib
     import numpy as np
 
-    from apps.medseg.proxy import ProxyParams, make_proxy
+    from medseg_proxy import ProxyParams, make_proxy
 
     rng = np.random.default_rng(seed)
     codes = [("R", "A", "S"), ("L", "P", "S"), ("L", "A", "S"), ("P", "I", "R"), ("A", "S", "L"), ("R", "S", "A")]
@@ -252,11 +252,11 @@ def bench_pretrain_gain(args) -> None:
     for seed, (arm, extra) in ((s, a) for s in args.seeds for a in arms):
         name = arm if seed == 0 else f"{arm}_seed{seed}"
         out = work / name
-        t = _run(["nice", "-n", "10"] + py + ["train", "--datalist", train_json, "--out", out, "--config", cfg_path,
+        t = _run(["nice", "-n", "10"] + py + ["train", "--data", train_json, "--out", out, "--config", cfg_path,
                                               "--max-epochs", str(epochs), "--seed", str(seed), "--overwrite"] + extra,
                  open(work / f"{name}.log", "w"))
         _run(["nice", "-n", "10"] + py + ["evaluate", "--checkpoint", out / "checkpoints" / "best.ckpt",
-                                          "--datalist", test_json, "--out", out / "eval", "--overwrite"],
+                                          "--data", test_json, "--out", out / "eval" / "evaluation.json", "--overwrite"],
              open(work / f"{name}_eval.log", "w"))
         ev = json.loads((out / "eval" / "evaluation.json").read_text())
         m = json.loads((out / "metrics.json").read_text())

@@ -35,6 +35,7 @@ def _folder(tmp: Path) -> Path:
 APPS = {
     "timeseries": ("apps.timeseries.cli", ["--model", "dlinear", "--data"], _csv),
     "ecg": ("apps.ecg.cli", ["--data"], _folder),
+    "medseg": ("apps.medseg.cli", ["--data"], _folder),
 }
 
 

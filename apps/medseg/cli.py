@@ -2,191 +2,111 @@
 
 Examples::
 
-    ssm-medseg pretrain --data-dir Dataset001 --out runs/pre --max-time 00:02:00:00
-    ssm-medseg train --data-dir Dataset001 --out runs/seg --init-from runs/pre/checkpoints/last.ckpt
-    ssm-medseg evaluate --checkpoint runs/seg/checkpoints/best.ckpt --datalist dataset.json --out runs/eval
-    ssm-medseg predict --checkpoint runs/seg/checkpoints/best.ckpt -i imagesTs -o masks --tta
-    ssm-medseg demo --out demo_out
+    ssm-medseg pretrain --images imagesTr -o runs/pre --max-time 00:02:00:00
+    ssm-medseg train --data Dataset001 -o runs/seg --init-from runs/pre/checkpoints/last.ckpt
+    ssm-medseg evaluate --checkpoint runs/seg --data dataset.json -o runs/seg/evaluation.json
+    ssm-medseg predict --checkpoint runs/seg -i imagesTs -o masks --tta
+    ssm-medseg demo -o demo_out
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from core.engine import (UserError, add_trainer_args, cli_main, load_config, merge_config, parse_set_pairs,
-                         prepare_run_dir, seed_everything, trainer_kwargs_from_args, write_json)
+from core.engine import (AppCLI, UserError, check_new_output, deprecate, hardware_kwargs, require_paths,
+                         resolve_checkpoint)
 
-from .config import DEFAULTS, lr_schedule
+DATA_HELP = ("nnU-Net raw folder (imagesTr/, labelsTr/), a folder with dataset.json, or an MSD-style "
+             "dataset.json (training/validation/test lists)")
 
 
 def _progress() -> bool:
     return os.environ.get("SSM_NO_PROGRESS") != "1"
 
 
-def _config(args, plan: Optional[dict] = None) -> dict:
-    base = merge_config(DEFAULTS, plan["config"], strict=False) if plan else DEFAULTS
-    cfg = merge_config(base, load_config(args.config), parse_set_pairs(args.set_pairs))
-    for key in ("data", "model", "train", "pretrain"):
-        if not isinstance(cfg.get(key), dict):
-            raise UserError("config", f"'{key}' must be a mapping")
-    ps = cfg["data"]["patch_size"]
-    if not (isinstance(ps, list) and len(ps) == 3 and all(isinstance(p, int) and p > 0 for p in ps)):
-        raise UserError("config", f"data.patch_size must be three positive integers, got {ps!r}")
-    lr_schedule(cfg["train"])
-    return cfg
+def _dataset_args(data: str) -> tuple:
+    """--data as load_dataset's (datalist, data_dir)."""
+    p = Path(data)
+    return (str(p), None) if p.is_file() else (None, str(p))
 
 
-def _check_patch(cfg: dict) -> None:
-    from .model import build_model
-
-    try:
-        net = build_model(cfg["model"], 1, 2)
-    except (TypeError, ValueError) as e:
-        raise UserError("config", f"model: {e}") from None
-    bad = [p for p in cfg["data"]["patch_size"] if p % net.divisor]
-    if bad:
-        raise UserError("config", f"data.patch_size {cfg['data']['patch_size']} must be multiples of {net.divisor} "
-                                  "for this model")
-
-
-# Our own outputs in a run directory, removed (with the trainer's) when it is reused.
-RUN_FILES = ("reconstructions", "metrics.json", "config.json", "plans.json")
-
-
-def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("--datalist", help="MSD-style dataset.json (training/validation/test lists)")
-    g.add_argument("--data-dir", help="nnU-Net raw folder (imagesTr/, labelsTr/) or a folder with dataset.json")
+def _trainer_kwargs(args) -> dict:
+    return dict(hardware_kwargs(args), max_epochs=args.max_epochs, max_time=args.max_time)
 
 
 def cmd_train(args) -> int:
-    from .data import load_dataset
-    from .train import run_train
+    require_paths(args.data, "--data")
+    if args.init_from:
+        require_paths(args.init_from, "--init-from", kind="file")
+    check_new_output(args.out, args.overwrite, folder=True)
+    from .train import train_command
 
-    from .plan import plan_for_training
-
-    _config(args)  # a bad --config/--set fails before the fingerprint is taken
-    ds = load_dataset(args.datalist, args.data_dir)
-    out = Path(args.out)
-    prepare_run_dir(out, args.overwrite, clear=RUN_FILES)
-    plan = plan_for_training(ds, args.plan, out, args.max_time, args.accelerator, args.seed)
-    cfg = _config(args, plan)
-    if plan:
-        cfg["plan"] = {k: plan[k] for k in ("version", "fingerprint", "budget", "notes")}
-    _check_patch(cfg)
-    seed_everything(args.seed)
-    init = args.init_from or cfg["train"].get("init_from")
-    res = run_train(cfg, ds, out, trainer_kwargs_from_args(args), args.num_workers, init, args.seed, _progress())
-    print(f"best validation Dice {res['best_val_dice']}: {res['best_checkpoint']}")
-    return 0
-
-
-def _pretrain_cases(args) -> tuple:
-    from .data import find_input_cases, load_dataset
-
-    if args.images:
-        groups, problems = find_input_cases(args.images)
-        if problems:
-            raise UserError(problems[0][1])
-        cases = [{"name": k, "image": [str(p) for p in v]} for k, v in sorted(groups.items())]
-        if not cases:
-            raise UserError(args.images[0], "no NIfTI volumes found")
-        if len({len(c["image"]) for c in cases}) > 1:
-            raise UserError(args.images[0], "cases have different numbers of channels")
-        return cases, len(cases[0]["image"])
-    ds = load_dataset(args.datalist, args.data_dir)
-    cases = ds["training"] + ds["validation"] + ds["test"]  # labels are not used
-    return cases, ds["num_channels"]
-
-
-def cmd_pretrain(args) -> int:
-    from .pretrain import MIMModule, run_pretrain, save_reconstructions
-
-    cfg = _config(args)
-    _check_patch(cfg)
-    cases, n_ch = _pretrain_cases(args)
-    out = Path(args.out)
-    prepare_run_dir(out, args.overwrite, clear=RUN_FILES)
-    seed_everything(args.seed)
-    res = run_pretrain(cfg, cases, n_ch, out, trainer_kwargs_from_args(args), args.num_workers, _progress())
-    if args.save_recon:
-        from core.engine import load_module
-
-        module = load_module(res["checkpoint"], MIMModule)
-        files = save_reconstructions(module, cases, out / "reconstructions", n=args.save_recon, seed=args.seed or 0)
-        print(f"reconstructions: {len(files)} NIfTI files in {out / 'reconstructions'}")
-    print(f"pretraining loss {res['last_train_loss']:.4f}: {res['checkpoint']}")
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from .data import load_dataset
-    from .evaluate import evaluate_cases, format_table, load_segmenter
-
-    path = Path(args.out) / "evaluation.json" if args.out else None
-    if path is not None and path.exists() and not args.overwrite:
-        raise UserError(path, "already exists (pass --overwrite to replace it)")
-    module = load_segmenter(args.checkpoint, args.device)
-    ds = load_dataset(args.datalist, args.data_dir)
-    split = args.split or ("validation" if ds["validation"] else "training")
-    cases = [c for c in ds[split] if c.get("label")]
-    if not cases:
-        raise UserError(args.datalist or args.data_dir, f"no labelled cases in split {split!r}")
-    if ds["num_channels"] != module.hparams.in_channels:
-        raise UserError(args.datalist or args.data_dir, f"{ds['num_channels']} channel(s); the model expects "
-                                                        f"{module.hparams.in_channels}")
-    res = evaluate_cases(module, cases, args.device, args.tta, args.keep_largest)
-    res.update({"checkpoint": str(args.checkpoint), "split": split, "keep_largest": args.keep_largest,
-                "postprocessing": module.config.get("postprocessing")})
-    print(format_table(res))
-    if path is not None:
-        write_json(path, res)
-        print(f"wrote {path}")
-    return 0
-
-
-def cmd_predict(args) -> int:
-    from .evaluate import load_segmenter
-    from .infer import postprocessing_classes, predict_file_cases
-
-    module = load_segmenter(args.checkpoint, args.device)
-    cfg = module.config
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UserError(out, "exists and is not a directory")
-    written, failures = predict_file_cases(
-        module.net, args.input, out, cfg["data"], cfg["data"]["patch_size"], int(module.hparams.in_channels),
-        sw_batch_size=cfg["train"]["sw_batch_size"], overlap=args.overlap or cfg["train"]["overlap"],
-        device=args.device, tta=args.tta, save_probabilities=args.save_probabilities, overwrite=args.overwrite,
-        keep_largest=args.keep_largest, keep_largest_classes=postprocessing_classes(cfg, False),
-        log=lambda s: print(s, file=sys.stderr if s.startswith("error") else sys.stdout, flush=True))
-    print(f"{len(written)} case(s) written to {out}, {len(failures)} failed")
-    if failures:
-        print("failed:\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 2  # bad input, as everywhere in the project
+    res = train_command(args.data, args.out, config=args.config, set_pairs=args.set_pairs,
+                        trainer_kwargs=_trainer_kwargs(args), num_workers=args.num_workers, init_from=args.init_from,
+                        seed=args.seed, overwrite=args.overwrite, progress=_progress(), plan=args.plan)
+    if res is not None:
+        print(f"best validation Dice {res['best_val_dice']}: {res['best_checkpoint']}")
     return 0
 
 
 def cmd_plan(args) -> int:
-    from core.engine import max_time_seconds
+    require_paths(args.data, "--data")
+    from .plan import plan_command
 
-    from .data import load_dataset
-    from .plan import budget_device, format_plan, plan_dataset
+    return plan_command(args.data, args.out, args.max_time, args.accelerator, args.seed, args.overwrite, _progress())
 
-    src = Path(args.data_dir) if args.data_dir else Path(args.datalist).parent
-    path = Path(args.out) if args.out else src / "plans.json"
-    if path.exists() and not args.overwrite:
-        raise UserError(path, "already exists (pass --overwrite to replace it)")
-    ds = load_dataset(args.datalist, args.data_dir)
-    plan = plan_dataset(ds, budget_device(args.accelerator), max_time_seconds(args.max_time), args.seed or 0,
-                        _progress())
-    write_json(path, plan)
-    print(format_plan(plan))
-    print(f"wrote {path}")
+
+def cmd_pretrain(args) -> int:
+    sources = [x for x in (args.images, args.data) if x]
+    if len(sources) != 1:
+        raise UserError("pretrain", "give exactly one of --images or --data")
+    require_paths(args.images or args.data, "--images" if args.images else "--data")
+    check_new_output(args.out, args.overwrite, folder=True)
+    from .pretrain import pretrain_command
+
+    res = pretrain_command(args.out, images=args.images, data=args.data, config=args.config, set_pairs=args.set_pairs,
+                           trainer_kwargs=_trainer_kwargs(args), num_workers=args.num_workers, seed=args.seed,
+                           overwrite=args.overwrite, save_recon=args.save_recon, progress=_progress())
+    if res is not None:
+        print(f"pretraining loss {res['last_train_loss']:.4f}: {res['checkpoint']}")
     return 0
+
+
+def _eval_out(out: Optional[str]) -> Optional[Path]:
+    """-o/--out is the metrics JSON file; a folder (the old meaning) still works, with a notice."""
+    if out is None:
+        return None
+    p = Path(out)
+    if p.is_dir() or p.suffix.lower() != ".json":
+        print(f"warning: evaluate -o/--out now names the JSON file; writing {p / 'evaluation.json'} "
+              "(a folder is deprecated)", file=sys.stderr)
+        return p / "evaluation.json"
+    return p
+
+
+def cmd_evaluate(args) -> int:
+    resolve_checkpoint(args.checkpoint)
+    require_paths(args.data, "--data")
+    out = _eval_out(args.out)
+    check_new_output(out, args.overwrite)
+    from .evaluate import evaluate_command
+
+    datalist, data_dir = _dataset_args(args.data)
+    return evaluate_command(args.checkpoint, datalist, data_dir, out, split=args.split, device=args.device,
+                            tta=args.tta, keep_largest=args.keep_largest, overwrite=args.overwrite)
+
+
+def cmd_predict(args) -> int:
+    resolve_checkpoint(args.checkpoint)
+    require_paths(args.input, "-i/--input")
+    check_new_output(args.out, True, folder=True)  # a file in the way; existing masks are checked per case
+    from .infer import predict_command
+
+    return predict_command(args.checkpoint, args.input, args.out, device=args.device, tta=args.tta,
+                           save_probabilities=args.save_probabilities, overlap=args.overlap,
+                           keep_largest=args.keep_largest, overwrite=args.overwrite)
 
 
 def cmd_demo(args) -> int:
@@ -195,81 +115,71 @@ def cmd_demo(args) -> int:
     return run_demo(Path(args.out), args.seed, args.overwrite, args.max_time)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ssm-medseg", description="3-D UNet-Mamba segmentation of NIfTI volumes",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    sub = p.add_subparsers(dest="command", required=True)
+def build_cli() -> AppCLI:
+    cli = AppCLI("ssm-medseg", "3-D UNet-Mamba segmentation of NIfTI volumes",
+                 examples=__doc__.split("\n\n", 1)[1].rstrip())
 
-    s = sub.add_parser("pretrain", help="MambaMIM self-supervised pretraining on unlabelled volumes")
-    g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--datalist")
-    g.add_argument("--data-dir")
-    g.add_argument("--images", nargs="+", help="folders/files of NIfTI volumes (nnU-Net channel naming)")
+    s = cli.train("MambaMIM self-supervised pretraining on unlabelled volumes", cmd_pretrain, name="pretrain")
+    s.add_argument("--images", nargs="+", default=None,
+                   help="folders/files of NIfTI volumes (nnU-Net channel naming); or use --data")
+    s.add_argument("--data", default=None, help=DATA_HELP + "; its images, without labels")
     s.add_argument("--save-recon", type=int, default=0, metavar="N",
                    help="save input/masked/reconstruction NIfTI for N cases after training")
-    add_trainer_args(s)
-    s.set_defaults(fn=cmd_pretrain)
+    deprecate(s, "--datalist", "--data")
+    deprecate(s, "--data-dir", "--data")
 
-    s = sub.add_parser("plan", help="dataset fingerprint -> plans.json (spacing, patch, normalisation, ...)")
-    _data_args(s)
-    s.add_argument("--out", default=None, help="plans.json path (default: in the dataset folder)")
-    s.add_argument("--max-time", default=None, help="training budget DD:HH:MM:SS the plan is sized for")
-    s.add_argument("--accelerator", default="auto", help="cpu, gpu, auto: the device the plan is sized for")
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--overwrite", action="store_true")
-    s.set_defaults(fn=cmd_plan)
-
-    s = sub.add_parser("train", help="supervised training (Dice + CE), best checkpoint by validation Dice")
-    _data_args(s)
-    s.add_argument("--plan", default=None, metavar="PLANS_JSON",
-                   help="plan from `ssm-medseg plan` (default: plan now; 'none': the built-in defaults); "
-                        "--config/--set override its fields")
+    s = cli.train("supervised training (Dice + CE), best checkpoint by validation Dice", cmd_train)
+    s.add_required("--data", default=None, help=DATA_HELP + " (required)")
     s.add_argument("--init-from", default=None, metavar="PRETRAIN_CKPT", help="start from a MambaMIM checkpoint")
-    add_trainer_args(s)
-    s.set_defaults(fn=cmd_train)
+    s.add_argument("--plan", default=None, metavar="PLANS_JSON",
+                   help="plan from 'ssm-medseg plan' (default: plan now; 'none': the built-in defaults); "
+                        "--config/--set override its fields")
+    deprecate(s, "--datalist", "--data")
+    deprecate(s, "--data-dir", "--data")
 
-    s = sub.add_parser("evaluate", help="Dice and HD95 per class on labelled cases (table + JSON)")
-    s.add_argument("--checkpoint", required=True)
-    _data_args(s)
-    s.add_argument("--split", choices=["training", "validation", "test"], default=None)
-    s.add_argument("--out", default=None, help="folder for evaluation.json")
-    s.add_argument("--device", default="cpu")
+    s = cli.command("plan", "dataset fingerprint -> plans.json (spacing, patch, normalisation, ...)", cmd_plan)
+    s.add_required("--data", default=None, help=DATA_HELP + " (required)")
+    s.add_argument("-o", "--out", default=None, help="plans.json path (default: in the dataset folder)")
+    s.add_argument("--max-time", default=None, metavar="DD:HH:MM:SS", help="training budget the plan is sized for")
+    s.add_argument("--accelerator", default="auto", help="cpu, gpu, auto: the device the plan is sized for")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing plans.json")
+    deprecate(s, "--datalist", "--data")
+    deprecate(s, "--data-dir", "--data")
+
+    s = cli.evaluate("Dice and HD95 per class on labelled cases (table + JSON)", cmd_evaluate,
+                     out_help="metrics JSON file (evaluation.json)")
+    s.add_required("--data", default=None, help=DATA_HELP + " (required)")
+    s.add_argument("--split", choices=["training", "validation", "test"], default=None,
+                   help="which list to score (default: validation if there is one, else training)")
     s.add_argument("--keep-largest", action="store_true",
                    help="keep only the largest connected component of every class (default: of the classes "
                         "where training found it raised validation Dice)")
     s.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
-    s.add_argument("--overwrite", action="store_true")
-    s.set_defaults(fn=cmd_evaluate)
+    deprecate(s, "--datalist", "--data")
+    deprecate(s, "--data-dir", "--data")
 
-    s = sub.add_parser("predict", help="segment NIfTI cases; masks on the input's own grid")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("-i", "--input", nargs="+", required=True,
-                   help="folder(s) in nnU-Net naming (CASE_0000.nii.gz, ...) and/or single files")
-    s.add_argument("-o", "--output", required=True, help="output folder: OUT/CASE.nii.gz")
-    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s = cli.predict("segment NIfTI cases; masks on the input's own grid", cmd_predict,
+                    out_help="output folder: OUT/CASE.nii.gz", workers=False)
+    s.add_required("-i", "--input", nargs="+", default=None,
+                   help="folder(s) in nnU-Net naming (CASE_0000.nii.gz, ...) and/or single files (required)")
     s.add_argument("--keep-largest", action="store_true",
                    help="keep only the largest connected component of every class (default: of the classes "
                         "where training found it raised validation Dice)")
     s.add_argument("--tta", action="store_true", help="mirror test-time augmentation (4x slower)")
     s.add_argument("--save-probabilities", action="store_true", help="also write OUT/CASE_probabilities.nii.gz")
     s.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default from training)")
-    s.add_argument("--overwrite", action="store_true")
-    s.set_defaults(fn=cmd_predict)
+    deprecate(s, "--output", "--out")
 
-    s = sub.add_parser("demo", help="synthesise data, train the tiny model on CPU, predict an unseen volume")
-    s.add_argument("--out", required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--max-time", default="00:00:01:15", help="training time budget DD:HH:MM:SS")
-    s.add_argument("--overwrite", action="store_true")
-    s.set_defaults(fn=cmd_demo)
-    return p
+    s = cli.demo("synthesise data, train the tiny model on CPU, predict an unseen volume", cmd_demo)
+    s.add_argument("--max-time", default="00:00:01:15", metavar="DD:HH:MM:SS",
+                   help="training time budget of the demo (default 00:00:01:15)")
+    return cli
 
 
-@cli_main
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.fn(args)
+    return build_cli().main(argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

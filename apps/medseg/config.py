@@ -1,7 +1,7 @@
 """Default configuration of ``ssm-medseg`` (override with ``--config FILE`` and ``--set key=value``)."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, List, Mapping, Optional, Sequence
 
 from core.engine import UserError
 
@@ -54,3 +54,45 @@ def lr_schedule(train_cfg: Mapping) -> str:
     if sched not in LR_SCHEDULES:
         raise UserError("config", f"train.lr_schedule must be poly or constant, got {sched!r}")
     return sched
+
+
+# Our own outputs in a run directory, removed (with the trainer's) when it is reused.
+RUN_FILES = ("reconstructions", "metrics.json", "config.json", "plans.json")
+
+
+def model_keys() -> List[str]:
+    """Keys the ``model`` section takes: ``preset`` and any :class:`~apps.medseg.model.UNetMamba` keyword."""
+    import inspect
+
+    from .model import UNetMamba
+
+    return ["preset"] + [n for n in inspect.signature(UNetMamba).parameters if n not in ("in_channels", "out_channels")]
+
+
+def resolve(config: Any = None, set_pairs: Sequence[str] = (), plan: Optional[dict] = None) -> dict:
+    """DEFAULTS < ``plan`` (``ssm-medseg plan``) < ``--config`` < ``--set``, strictly (unknown keys at
+    any depth: one line naming the closest valid ones), then the checks a run needs."""
+    from core.engine import merge_config, resolve_config
+
+    base = merge_config(DEFAULTS, plan["config"], strict=False) if plan else DEFAULTS
+    cfg = resolve_config(base, config, None, set_pairs, extra_keys={"model": model_keys})
+    ps = cfg["data"]["patch_size"]
+    if not (isinstance(ps, list) and len(ps) == 3 and all(isinstance(p, int) and p > 0 for p in ps)):
+        raise UserError("config", f"data.patch_size must be three positive integers, got {ps!r}")
+    lr_schedule(cfg["train"])
+    check_patch(cfg)
+    return cfg
+
+
+def check_patch(cfg: dict) -> None:
+    """The model builds from ``cfg["model"]`` and the patch size suits its down-sampling."""
+    from .model import build_model
+
+    try:
+        net = build_model(cfg["model"], 1, 2)
+    except (TypeError, ValueError) as e:
+        raise UserError("config", f"model: {e}") from None
+    bad = [p for p in cfg["data"]["patch_size"] if p % net.divisor]
+    if bad:
+        raise UserError("config", f"data.patch_size {cfg['data']['patch_size']} must be multiples of {net.divisor} "
+                                  "for this model")

@@ -200,6 +200,12 @@ def load_dataset(datalist: Optional[str] = None, data_dir: Optional[str] = None)
     raise UserError(d, "neither an nnU-Net folder (imagesTr/, labelsTr/) nor a folder with dataset.json")
 
 
+def load_data(data: str | Path) -> Dict[str, list]:
+    """``--data``: a dataset.json file, or a folder (nnU-Net raw, or holding dataset.json)."""
+    p = Path(data)
+    return load_dataset(str(p), None) if p.is_file() else load_dataset(None, str(p))
+
+
 def split_validation(ds: Dict[str, list], val_fraction: float = 0.2, seed: int = 0) -> Tuple[list, list]:
     """Training and validation cases: the datalist's own ``validation`` split, else a seeded hold-out.
 

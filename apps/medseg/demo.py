@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from core.engine import prepare_run_dir, seed_everything
+from core.engine import prepare_demo_dir, seed_everything
 
 from .config import DEFAULTS
 
@@ -39,12 +39,7 @@ def run_demo(out: Path, seed: int = 0, overwrite: bool = False, max_time: str = 
     from .train import run_train
 
     t0 = time.time()
-    out = Path(out)
-    from .cli import RUN_FILES
-
-    prepare_run_dir(out, overwrite, clear=RUN_FILES)
-    if (out / "run").is_dir():  # the training run lives one level down
-        prepare_run_dir(out / "run", True, clear=RUN_FILES)
+    out = prepare_demo_dir(out, overwrite)  # re-runnable: a folder an earlier demo made is replaced
     seed_everything(seed)
     data = out / "data"
     names = make_demo_dataset(data, n_train=4, n_test=1, seed=seed)
@@ -52,9 +47,9 @@ def run_demo(out: Path, seed: int = 0, overwrite: bool = False, max_time: str = 
     ds = read_nnunet_dir(data)
     cfg = demo_config()
     res = run_train(cfg, ds, out / "run", dict(max_time=max_time, max_epochs=None, accelerator="cpu", devices=1),
-                    seed=seed, progress=False)
+                    seed=seed, progress=True)  # a line every few seconds in a log
     print(f"trained {res['steps']} steps in {res['train_seconds']} s; best validation Dice {res['best_val_dice']:.3f}")
-    from .evaluate import load_segmenter
+    from .infer import load_segmenter
 
     module = load_segmenter(res["best_checkpoint"])
     pred_dir = out / "predictions"

@@ -2,28 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
-from core.engine import UserError, load_module, progress
+from core.engine import UserError, progress, write_json
 
 from .data import load_case
-from .infer import (keep_largest_component, postprocessing_classes, preprocess_case, probs_to_input_grid,
-                    sliding_window_probs)
-
-
-def load_segmenter(ckpt: str | Path, device: str = "cpu"):
-    """A trained :class:`~apps.medseg.train.SegModule` in eval mode on ``device``."""
-    from .train import SegModule
-
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UserError("--device", f"expected cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device", "cuda requested but no CUDA device is available")
-    module = load_module(ckpt, SegModule, map_location="cpu")
-    return module.to(device).eval()
+from .infer import (keep_largest_component, load_segmenter, postprocessing_classes, preprocess_case,  # noqa: F401
+                    probs_to_input_grid, sliding_window_probs)
 
 
 def dice_hd95(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing: Sequence[float]) -> Dict[str, list]:
@@ -88,3 +76,33 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:<24} {s['dice_mean']:>7.4f} ({s['dice_std']:.3f}) {s['hd95_mean_mm']:>10.2f}")
     lines.append(f"{'mean':<24} {result['mean_dice']:>7.4f}")
     return "\n".join(lines)
+
+
+def evaluate_command(checkpoint, datalist: Optional[str], data_dir: Optional[str], out: Optional[Path] = None,
+                     split: Optional[str] = None, device: str = "cpu", tta: bool = False, keep_largest: bool = False,
+                     overwrite: bool = False) -> int:
+    """``ssm-medseg evaluate``: the table on stdout, the JSON at ``out`` when given. Returns the exit code."""
+    from core.engine import ensure_new, resolve_checkpoint
+
+    from .data import load_dataset
+
+    if out is not None:
+        ensure_new(out, overwrite)
+    ckpt = resolve_checkpoint(checkpoint)
+    module = load_segmenter(ckpt, device)
+    ds = load_dataset(datalist, data_dir)
+    split = split or ("validation" if ds["validation"] else "training")
+    cases = [c for c in ds[split] if c.get("label")]
+    where = datalist or data_dir
+    if not cases:
+        raise UserError(where, f"no labelled cases in split {split!r}")
+    if ds["num_channels"] != module.hparams.in_channels:
+        raise UserError(where, f"{ds['num_channels']} channel(s); the model expects {module.hparams.in_channels}")
+    res = evaluate_cases(module, cases, device, tta, keep_largest)
+    res.update({"checkpoint": str(ckpt), "split": split, "keep_largest": keep_largest,
+                "postprocessing": module.config.get("postprocessing")})
+    print(format_table(res))
+    if out is not None:
+        write_json(out, res, overwrite=overwrite)
+        print(f"wrote {out}")
+    return 0

@@ -8,6 +8,8 @@ orientation, spacing and crop in one step) -> argmax -> uint8 NIfTI with the inp
 """
 from __future__ import annotations
 
+import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
@@ -19,10 +21,52 @@ from monai import transforms as T
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 
-from core.engine import UserError, atomic_path, progress
+from core.engine import ItemFailures, UserError, atomic_path, progress
 
 from .data import find_input_cases
 from .transforms import preprocess_transforms
+
+
+def load_segmenter(ckpt: str | Path, device: str = "cpu"):
+    """A trained :class:`~apps.medseg.train.SegModule` (checkpoint file or run folder) in eval mode on ``device``."""
+    from core.engine import load_module, resolve_checkpoint, resolve_device
+
+    from .train import SegModule
+
+    dev = resolve_device(device)
+    module = load_module(resolve_checkpoint(ckpt), SegModule, map_location="cpu")
+    return module.to(dev).eval()
+
+
+class WindowProgress:
+    """Wraps the network for sliding-window inference and prints ``CASE: windows i/N (elapsed)`` every
+    few seconds (stderr), so a log shows a large case or ``--tta`` moving."""
+
+    def __init__(self, net: Callable, name: str, total: int, interval: Optional[float] = None):
+        from core.engine.progress_log import every_s
+
+        self.net, self.name, self.total = net, name, total
+        self.interval = every_s() if interval is None else interval
+        self.done = 0
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        self.done = min(self.total, self.done + int(x.shape[0]))
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            print(f"{self.name}: windows {self.done}/{self.total} ({now - self.t0:.0f} s)", file=sys.stderr, flush=True)
+        return y
+
+
+def count_windows(shape: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
+    """Sliding windows MONAI runs over a volume of spatial ``shape`` (after padding to ``roi_size``)."""
+    n = 1
+    for s, r in zip(shape, roi_size):
+        step = max(1, int(r * (1 - overlap)))
+        n *= 1 if s <= r else math.ceil((s - r) / step) + 1
+    return n
 
 
 def preprocess_case(image_paths: Sequence[str | Path], data_cfg: Mapping,
@@ -169,22 +213,31 @@ def predict_file_cases(net: Callable[[torch.Tensor], torch.Tensor], inputs: Sequ
                        sw_batch_size: int = 2, overlap: float = 0.25, device: str = "cpu", tta: bool = False,
                        save_probabilities: bool = False, overwrite: bool = False,
                        log: Callable[[str], None] = print, keep_largest: bool = False,
-                       keep_largest_classes: Optional[Sequence[int]] = ()) -> Tuple[List[Path], List[str]]:
+                       keep_largest_classes: Optional[Sequence[int]] = (),
+                       on_failure: Optional[Callable[[str], None]] = None) -> Tuple[List[Path], List[str]]:
     """Predict every case in ``inputs`` (folders in nnU-Net naming and/or files) into ``out_dir``.
 
     Post-processing: ``keep_largest`` keeps the largest component of every class; otherwise of
     the classes in ``keep_largest_classes`` (training's decision, stored in the checkpoint).
 
-    A bad case is reported in one line and skipped; returns (written mask paths, failure lines).
+    A bad case is reported once, in one line (``on_failure(line)``, default ``log("error: " + line)``),
+    and skipped; returns (written mask paths, failure lines). Progress: a line per case, and per few
+    seconds of sliding windows.
     """
+    if on_failure is None:
+        def on_failure(line: str) -> None:
+            log(f"error: {line}")
     cases, problems = find_input_cases(inputs)
     failures = [msg for _, msg in problems]
     for msg in failures:
-        log(f"error: {msg}")
+        on_failure(msg)
     out_dir = Path(out_dir)
     written: List[Path] = []
     if not cases:
-        return written, failures or ["no input cases found"]
+        if not failures:
+            failures.append(f"{inputs[0]}: no NIfTI cases found")
+            on_failure(failures[-1])
+        return written, failures
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, paths in progress(sorted(cases.items()), "cases", total=len(cases)):
         out_path = out_dir / f"{name}.nii.gz"
@@ -199,7 +252,9 @@ def predict_file_cases(net: Callable[[torch.Tensor], torch.Tensor], inputs: Sequ
                                           f"{num_channels} ({name}_0000 .. {name}_{num_channels - 1:04d})")
             t0 = time.time()
             x, ref = preprocess_case(paths, data_cfg, name)
-            probs = sliding_window_probs(net, x, roi_size, sw_batch_size, overlap, device, tta)
+            n_win = count_windows(x.shape[1:], roi_size, overlap) * (4 if tta else 1)
+            probs = sliding_window_probs(WindowProgress(net, name, n_win), x, roi_size, sw_batch_size, overlap,
+                                         device, tta)
             labels, p_in = probs_to_input_grid(probs, x.affine, ref, keep_probs=save_probabilities)
             if keep_largest or keep_largest_classes:
                 labels = keep_largest_component(labels, None if keep_largest else keep_largest_classes)
@@ -212,5 +267,29 @@ def predict_file_cases(net: Callable[[torch.Tensor], torch.Tensor], inputs: Sequ
             log(f"{name}: wrote {out_path} ({fg} foreground voxels, {time.time() - t0:.1f} s)")
         except UserError as e:
             failures.append(str(e))
-            log(f"error: {e}")
+            on_failure(str(e))
     return written, failures
+
+
+def predict_command(checkpoint, inputs: Sequence[str | Path], out: str | Path, device: str = "cpu", tta: bool = False,
+                    save_probabilities: bool = False, overlap: Optional[float] = None, keep_largest: bool = False,
+                    overwrite: bool = False) -> int:
+    """``ssm-medseg predict``: masks under ``out``; one line per failed case, one summary line, no
+    empty folder left behind. Returns the exit code (2 if any case failed)."""
+    from core.engine import OutputFolder
+
+    module = load_segmenter(checkpoint, device)
+    cfg = module.config
+    failures = ItemFailures("case")
+    with OutputFolder(out):
+        written, failed = predict_file_cases(
+            module.net, inputs, Path(out), cfg["data"], cfg["data"]["patch_size"], int(module.hparams.in_channels),
+            sw_batch_size=cfg["train"]["sw_batch_size"], overlap=overlap or cfg["train"]["overlap"], device=device,
+            tta=tta, save_probabilities=save_probabilities, overwrite=overwrite, keep_largest=keep_largest,
+            keep_largest_classes=postprocessing_classes(cfg, False),
+            log=lambda line: print(line, flush=True), on_failure=failures.fail)
+    total = len(written) + len(failed)
+    if failed:
+        return failures.finish(total, f"{out}/")
+    print(f"{len(written)} case(s) written to {out}/")
+    return 0

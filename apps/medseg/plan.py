@@ -313,3 +313,22 @@ def plan_for_training(ds: Mapping, plan_arg: Optional[str], out_dir, max_time: O
         write_json(Path(out_dir) / "plans.json", plan)
     log(format_plan(plan))
     return plan
+
+
+def plan_command(data: str, out=None, max_time: Optional[str] = None, accelerator: str = "auto",
+                 seed: int = 0, overwrite: bool = False, progress: bool = True) -> int:
+    """``ssm-medseg plan``: dataset fingerprint -> plans.json (default: in the dataset folder)."""
+    from pathlib import Path
+
+    from core.engine import ensure_new, max_time_seconds, write_json
+
+    from .data import load_data
+
+    src = Path(data) if Path(data).is_dir() else Path(data).parent
+    path = Path(out) if out else src / "plans.json"
+    ensure_new(path, overwrite)
+    plan = plan_dataset(load_data(data), budget_device(accelerator), max_time_seconds(max_time), seed or 0, progress)
+    write_json(path, plan, overwrite=overwrite)
+    print(format_plan(plan))
+    print(f"wrote {path}")
+    return 0

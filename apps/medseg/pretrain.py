@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from core.engine import best_or_last_checkpoint, configure_optimizers, make_trainer, write_json
+from core.engine import UserError, best_or_last_checkpoint, configure_optimizers, is_rank_zero, make_trainer, write_json
 
 from .model import UNetMamba, build_model, count_parameters
 
@@ -113,8 +113,9 @@ def pretrain_transforms(data_cfg: Mapping):
 
 
 def run_pretrain(cfg: dict, cases: Sequence[dict], in_channels: int, out: Path, trainer_kwargs: Mapping,
-                 num_workers: int = 0, progress: bool = True) -> dict:
-    """MambaMIM on ``cases`` (``{"name", "image": [paths]}``); writes checkpoints and ``metrics.json``."""
+                 num_workers: int = 0, progress: bool = True) -> Optional[dict]:
+    """MambaMIM on ``cases`` (``{"name", "image": [paths]}``); writes checkpoints and ``metrics.json``
+    (rank 0; ``None`` on the other ranks of a DDP run)."""
     from monai.data import CacheDataset, list_data_collate
 
     from .train import RepeatDataset
@@ -127,11 +128,14 @@ def run_pretrain(cfg: dict, cases: Sequence[dict], in_channels: int, out: Path, 
     dl = DataLoader(RepeatDataset(ds, int(p["steps_per_epoch"]) * bs), batch_size=bs, shuffle=True,
                     num_workers=num_workers, collate_fn=list_data_collate, persistent_workers=num_workers > 0)
     module = MIMModule(cfg, in_channels)
-    write_json(out / "config.json", {"config": cfg, "in_channels": in_channels,
-                                     "cases": [c["name"] for c in cases]})
+    if is_rank_zero():
+        write_json(out / "config.json", {"config": cfg, "in_channels": in_channels,
+                                         "cases": [c["name"] for c in cases]})
     trainer = make_trainer(out, monitor="train_loss", mode="min", progress=progress, **trainer_kwargs)
     t0 = time.time()
     trainer.fit(module, dl)
+    if not trainer.is_global_zero:
+        return None
     result = {"checkpoint": str(best_or_last_checkpoint(out)),
               "last_train_loss": float(trainer.callback_metrics.get("train_loss", float("nan"))),
               "epochs": trainer.current_epoch, "steps": trainer.global_step,
@@ -176,3 +180,42 @@ def save_reconstructions(module: MIMModule, cases: Sequence[dict], out_dir: Path
             img = nib.Nifti1Image(np.ascontiguousarray(arr[0, 0].numpy(), dtype=np.float32), affine)
             written.append(save_nifti_atomic(img, path, overwrite=overwrite))
     return written
+
+
+def pretrain_cases(images: Optional[Sequence[str]] = None, data: Optional[str] = None) -> Tuple[list, int]:
+    """Cases and channel count from ``--images`` (NIfTI files/folders) or ``--data`` (labels unused)."""
+    from .data import find_input_cases, load_data
+
+    if images:
+        groups, problems = find_input_cases(images)
+        if problems:
+            raise UserError(problems[0][1])
+        cases = [{"name": k, "image": [str(p) for p in v]} for k, v in sorted(groups.items())]
+        if not cases:
+            raise UserError(images[0], "no NIfTI volumes found")
+        if len({len(c["image"]) for c in cases}) > 1:
+            raise UserError(images[0], "cases have different numbers of channels")
+        return cases, len(cases[0]["image"])
+    ds = load_data(data)
+    return ds["training"] + ds["validation"] + ds["test"], ds["num_channels"]
+
+
+def pretrain_command(out: str | Path, images: Optional[Sequence[str]] = None, data: Optional[str] = None, config=None,
+                     set_pairs: Sequence[str] = (), trainer_kwargs: Optional[Mapping] = None, num_workers: int = 0,
+                     seed: int = 0, overwrite: bool = False, save_recon: int = 0,
+                     progress: bool = True) -> Optional[dict]:
+    """``ssm-medseg pretrain``: config, cases, run folder (rank 0), :func:`run_pretrain`, reconstructions."""
+    from core.engine import load_module, prepare_run_dir, seed_everything
+
+    from .config import RUN_FILES, resolve
+
+    cfg = resolve(config, set_pairs)
+    cases, n_ch = pretrain_cases(images, data)
+    out = prepare_run_dir(out, overwrite, clear=RUN_FILES)
+    seed_everything(seed)
+    res = run_pretrain(cfg, cases, n_ch, out, dict(trainer_kwargs or {}), num_workers, progress)
+    if res is not None and save_recon:
+        module = load_module(res["checkpoint"], MIMModule)
+        files = save_reconstructions(module, cases, out / "reconstructions", n=save_recon, seed=seed)
+        print(f"reconstructions: {len(files)} NIfTI files in {out / 'reconstructions'}")
+    return res

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from core.engine import UserError, best_or_last_checkpoint, configure_optimizers, make_trainer, write_json
+from core.engine import UserError, best_or_last_checkpoint, configure_optimizers, is_rank_zero, make_trainer, write_json
 from core.engine.checkpoint import safe_load
 
 from .config import lr_schedule
@@ -212,9 +212,35 @@ def make_loaders(train_cases, val_cases, cfg: Mapping, num_workers: int = 0):
     return train_dl, val_dl
 
 
+def train_command(data: str | Path, out: str | Path, config=None, set_pairs: Sequence[str] = (),
+                  trainer_kwargs: Optional[Mapping] = None, num_workers: int = 0, init_from: Optional[str] = None,
+                  seed: int = 0, overwrite: bool = False, progress: bool = True,
+                  plan: Optional[str] = None) -> Optional[dict]:
+    """``ssm-medseg train``: config, data, run folder (rank 0), the plan (``plan``: a plans.json, or
+    planned now; 'none': the built-in defaults), then :func:`run_train`."""
+    from core.engine import prepare_run_dir, seed_everything
+
+    from .config import RUN_FILES, resolve
+    from .data import load_data
+    from .plan import plan_for_training
+
+    resolve(config, set_pairs)  # a bad --config/--set fails before the fingerprint is taken
+    ds = load_data(data)
+    out = prepare_run_dir(out, overwrite, clear=RUN_FILES)
+    tk = dict(trainer_kwargs or {})
+    planned = plan_for_training(ds, plan, out, tk.get("max_time"), tk.get("accelerator", "auto"), seed)
+    cfg = resolve(config, set_pairs, planned)
+    if planned:
+        cfg["plan"] = {k: planned[k] for k in ("version", "fingerprint", "budget", "notes")}
+    seed_everything(seed)
+    init = init_from or cfg["train"].get("init_from")
+    return run_train(cfg, ds, out, dict(trainer_kwargs or {}), num_workers, init, seed, progress)
+
+
 def run_train(cfg: dict, ds: Mapping, out: Path, trainer_kwargs: Mapping, num_workers: int = 0,
-              init_from: Optional[str] = None, seed: Optional[int] = None, progress: bool = True) -> dict:
-    """Fit, keep the best checkpoint by validation Dice, write ``out/metrics.json``. Returns the metrics."""
+              init_from: Optional[str] = None, seed: Optional[int] = None, progress: bool = True) -> Optional[dict]:
+    """Fit, keep the best checkpoint by validation Dice, write ``out/metrics.json``. Returns the metrics
+    (``None`` on the other ranks of a DDP run: rank 0 writes)."""
     from .data import split_validation
 
     d = cfg["data"]
@@ -225,15 +251,18 @@ def run_train(cfg: dict, ds: Mapping, out: Path, trainer_kwargs: Mapping, num_wo
     module = SegModule(cfg, ds["num_channels"], num_classes, names)
     init_info = load_pretrained_into(module.net, init_from) if init_from else None
     train_dl, val_dl = make_loaders(train_cases, val_cases, cfg, num_workers)
-    write_json(out / "config.json", {"config": cfg, "in_channels": ds["num_channels"], "num_classes": num_classes,
-                                     "class_names": names, "train_cases": [c["name"] for c in train_cases],
-                                     "val_cases": [c["name"] for c in val_cases], "init_from": init_from})
+    if is_rank_zero():
+        write_json(out / "config.json", {"config": cfg, "in_channels": ds["num_channels"], "num_classes": num_classes,
+                                         "class_names": names, "train_cases": [c["name"] for c in train_cases],
+                                         "val_cases": [c["name"] for c in val_cases], "init_from": init_from})
     trainer = make_trainer(out, monitor="val_dice", mode="max", progress=progress,
                            check_val_every_n_epoch=int(cfg["train"]["val_every"]), num_sanity_val_steps=0,
                            log_every_n_steps=max(1, min(10, int(cfg["train"]["steps_per_epoch"]))),
                            **trainer_kwargs)
     t0 = time.time()
     trainer.fit(module, train_dl, val_dl)
+    if not trainer.is_global_zero:
+        return None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = best_or_last_checkpoint(out)
     post = None

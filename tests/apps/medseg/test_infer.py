@@ -186,22 +186,24 @@ def test_evaluate_cli_and_bad_checkpoint(tiny_run, brain_data, tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(src_lab.dataobj)[::2, ::2, ::2], src_lab.affine @ half), str(tmp_path / "l.nii.gz"))
     (tmp_path / "dl.json").write_text(json.dumps({"labels": {"0": "background", "1": "brain"},
                                                   "training": [{"image": "c.nii.gz", "label": "l.nii.gz"}]}))
-    r = _cli("evaluate", "--checkpoint", tiny_run["best_checkpoint"], "--datalist", tmp_path / "dl.json",
-             "--out", tmp_path)
+    r = _cli("evaluate", "--checkpoint", tiny_run["best_checkpoint"], "--data", tmp_path / "dl.json",
+             "-o", tmp_path / "evaluation.json")
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "evaluation.json").read_text())
     case = res["cases"][0]
     assert len(case["dice"]) == 1 and 0 <= case["dice"][0] <= 1 and "hd95" in case
     assert "brain" in r.stdout and "HD95" in r.stdout
+    # the old spellings (--datalist, --out FOLDER) still work, each with a notice
     r = _cli("evaluate", "--checkpoint", tiny_run["best_checkpoint"], "--datalist", tmp_path / "dl.json",
              "--out", tmp_path)
     assert r.returncode == 2 and "evaluation.json" in r.stderr and "already exists" in r.stderr
+    assert "--datalist is deprecated" in r.stderr and "a folder is deprecated" in r.stderr
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
     r = _cli("predict", "--checkpoint", tmp_path / "junk.ckpt", "-i", brain_data["image"], "-o", tmp_path / "o")
     assert r.returncode == 2 and "junk.ckpt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli("train", "--datalist", tmp_path / "nope.json", "--out", tmp_path / "run")
     assert r.returncode == 2 and "nope.json" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("train", "--datalist", tmp_path / "dl.json", "--out", tmp_path / "run", "--set", "train.lr_schedule=cosine")
+    r = _cli("train", "--data", tmp_path / "dl.json", "-o", tmp_path / "run", "--set", "train.lr_schedule=cosine")
     assert r.returncode == 2 and "lr_schedule" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # nothing half-made for a bad input
 
