@@ -69,9 +69,9 @@ def test_help_for_every_verb(app, capsys):
                     "--precision"} <= opts, verb
             assert "Config precedence" in " ".join(text.split())
             assert p.get_default("seed") == 0
-        elif verb != "demo":
+        elif verb in ("evaluate", "predict") or "--checkpoint" in opts:
             assert {"--checkpoint", "-o", "--out", "--device", "--overwrite"} <= opts, verb
-        else:
+        elif verb == "demo":
             assert {"-o", "--out", "--seed", "--overwrite"} <= opts
 
 
