@@ -17,11 +17,32 @@ from core.engine import (UserError, add_trainer_args, cli_main, ensure_new, load
                          write_json)
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="CSV with a date column and numeric columns")
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--data", required=required, help="CSV with a date column and numeric columns")
     p.add_argument("--date-col", default=None, help="name of the date column (default: auto-detect)")
     p.add_argument("--fill", action="store_true",
                    help="interpolate missing values (default: missing values are an error)")
+
+
+def _add_read_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reading the CSV (saved in the checkpoint; evaluate/forecast reuse it)")
+    g.add_argument("--time-cols", default=None, metavar="COLS",
+                   help="time from several columns, e.g. year,month,day,hour (or one column of integer steps)")
+    g.add_argument("--drop", default=None, metavar="COLS", help="comma-separated columns to ignore")
+    g.add_argument("--columns", default=None, metavar="COLS",
+                   help="variables to forecast (default: all numeric); other numeric columns become covariates")
+    g.add_argument("--categorical", default="onehot", choices=["onehot", "drop"],
+                   help="text columns: one-hot covariates (default) or drop them")
+    g.add_argument("--duplicates", default="error", choices=["error", "first", "mean"],
+                   help="duplicate timestamps: error (default), keep the first row, or average them")
+
+
+def _read_options(args):
+    from .csvread import ReadOptions
+
+    return ReadOptions(date_col=args.date_col, time_cols=args.time_cols, drop=args.drop or [],
+                       columns=args.columns, categorical=args.categorical, duplicates=args.duplicates,
+                       fill=args.fill)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,16 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a forecaster (Time-Series-Library protocol), then test it")
-    _add_data_args(t)
-    t.add_argument("--model", required=True, choices=sorted(MODELS))
+    _add_data_args(t, required=False)  # required unless --resume
+    t.add_argument("--model", default=None, choices=sorted(MODELS), help="required unless --resume")
     t.add_argument("--seq-len", type=int, default=96)
     t.add_argument("--pred-len", type=int, default=96)
     t.add_argument("--features", default="M", choices=["M", "S", "MS"],
                    help="M: all->all, S: target->target, MS: all->target")
     t.add_argument("--target", default=None, help="target column (default: OT if present, else the last)")
+    _add_read_args(t)
+    t.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the interrupted run in RUN from its last.ckpt (same data and options)")
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
-    add_trainer_args(t)
+    add_trainer_args(t, out_required=False)
 
     e = sub.add_parser("evaluate", help="MSE/MAE of a checkpoint on the test (or val) split")
     e.add_argument("--checkpoint", required=True)
@@ -64,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _default_target(path: str, target: Optional[str]) -> Optional[str]:
-    if target is not None:
+def _default_target(path: str, target: Optional[str], columns: Optional[str] = None) -> Optional[str]:
+    if target is not None or columns:
         return target
     try:
         import pandas as pd
@@ -79,8 +103,13 @@ def _default_target(path: str, target: Optional[str]) -> Optional[str]:
 def cmd_train(args) -> int:
     from core.engine import trainer_kwargs_from_args
 
+    from .interrupt import TrainingInterrupted
     from .train import train
 
+    if args.resume is None:
+        missing = [f for f, v in (("--data", args.data), ("--model", args.model), ("--out", args.out)) if v is None]
+        if missing:
+            raise UserError("train", f"{', '.join(missing)} required (or --resume RUN)")
     cfg = load_config(args.config)
     overrides = parse_set_pairs(args.set_pairs)
     for key in ("batch_size", "lr"):
@@ -88,10 +117,21 @@ def cmd_train(args) -> int:
             overrides[key] = getattr(args, key)
     tk = trainer_kwargs_from_args(args)
     max_epochs, max_time = tk.pop("max_epochs"), tk.pop("max_time")
-    res = train(args.data, args.model, args.seq_len, args.pred_len, args.out, features=args.features,
-                target=_default_target(args.data, args.target), date_col=args.date_col, fill=args.fill,
-                config=cfg, overrides=overrides, max_epochs=max_epochs, max_time=max_time, seed=args.seed,
-                overwrite=args.overwrite, trainer_kwargs=tk, num_workers=args.num_workers)
+    try:
+        res = train(args.data, args.model, args.seq_len, args.pred_len, args.out, features=args.features,
+                    target=_default_target(args.data, args.target, args.columns), date_col=args.date_col,
+                    fill=args.fill, config=cfg, overrides=overrides, max_epochs=max_epochs, max_time=max_time,
+                    seed=args.seed, overwrite=args.overwrite, trainer_kwargs=tk, num_workers=args.num_workers,
+                    read=_read_options(args), resume=args.resume)
+    except TrainingInterrupted as e:  # exit 143 (SIGTERM) / 130 (SIGINT): never mistaken for success
+        run = e.run_dir.parent if e.run_dir.name == "linear_stage" else e.run_dir
+        print(f"error: {e}; no metrics written. Continue with: ssm-timeseries train --resume {run}",
+              file=sys.stderr)
+        return e.exit_code
+    rep = {k: v for k, v in res.get("data_report", {}).items() if k not in ("rows_read", "time_columns")}
+    if rep:
+        print("data: " + json.dumps(rep))
+    print(f"cycle: {res['cycle_len'] or 'none'}" + (f" (strength {res['cycle_acf']})" if res.get("cycle_acf") else ""))
     t = res["test"]
     print(f"test  MSE {t['mse']:.4f}  MAE {t['mae']:.4f}  (original scale: MSE {t['mse_orig']:.4f} "
           f"MAE {t['mae_orig']:.4f}; {t['windows']} windows)")
@@ -99,7 +139,7 @@ def cmd_train(args) -> int:
         s1 = res["linear_stage"]
         print(f"linear path alone: test MSE {s1['test']['mse']:.4f}; SSM branch "
               + ("kept (it lowered val MSE)" if s1["branch_kept"] else "dropped (it did not lower val MSE)"))
-    print(f"best checkpoint: {res['checkpoint']}\nmetrics: {Path(args.out) / 'metrics.json'}")
+    print(f"best checkpoint: {res['checkpoint']}\nmetrics: {Path(args.resume or args.out) / 'metrics.json'}")
     return 0
 
 

@@ -9,6 +9,7 @@ import torch
 
 from core.engine import UserError, atomic_path, atomic_write, ensure_new, load_module
 
+from .csvread import ReadOptions
 from .data import SeriesData, future_timestamps, load_series, metrics
 
 
@@ -30,7 +31,9 @@ def data_for(module, data_path: str | Path, fill: bool = False, date_col: Option
     hp, info = module.hparams, module.hparams.data_info
     return load_series(data_path, hp.seq_len, hp.pred_len, info["features"], info["target"], date_col, fill,
                        scaler_state=info["scaler"] if for_forecast else None,
-                       columns=info["columns"], forecast_only=for_forecast)
+                       columns=info["columns"], forecast_only=for_forecast,
+                       read=ReadOptions.from_dict(info.get("read")), categories=info.get("categories"),
+                       n_cov=info.get("n_cov", 0))
 
 
 @torch.no_grad()
@@ -60,7 +63,7 @@ def forecast(module, data: SeriesData) -> pd.DataFrame:
     y = data.scaler.inverse(y, data.out_cols).numpy()
     ts = future_timestamps(data.timestamps, y.shape[0])
     df = pd.DataFrame(y, columns=data.out_names)
-    df.insert(0, "date", ts.strftime("%Y-%m-%d %H:%M:%S"))
+    df.insert(0, "date", ts.strftime("%Y-%m-%d %H:%M:%S") if isinstance(ts, pd.DatetimeIndex) else ts)
     return df
 
 
@@ -79,7 +82,7 @@ def write_forecast(df: pd.DataFrame, data: SeriesData, out_csv: str | Path, plot
         hist = history or 4 * len(df)
         names = data.out_names[-4:]  # at most 4 panels
         fig, axes = plt.subplots(len(names), 1, figsize=(10, 2.2 * len(names)), squeeze=False)
-        fut = pd.to_datetime(df["date"])
+        fut = pd.to_datetime(df["date"]) if isinstance(data.timestamps, pd.DatetimeIndex) else df["date"]
         for ax, name in zip(axes[:, 0], names):
             j = data.columns.index(name)
             ax.plot(data.timestamps[-hist:], data.raw[-hist:, j], lw=0.9, label="history")

@@ -8,6 +8,7 @@ kept only if it lowers the validation MSE; otherwise the stage-1 checkpoint is t
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +21,9 @@ import torch.nn.functional as F
 from core.engine import (UserError, best_or_last_checkpoint, configure_optimizers, load_module, make_trainer,
                          merge_config, prepare_run_dir, seed_everything, write_json)
 
-from .data import SeriesData, auto_cycle_len, load_series
+from .csvread import ReadOptions
+from .data import SeriesData, detect_cycle, load_series
+from .interrupt import SaveOnInterrupt, TrainingInterrupted, fit_interruptible
 from .models import MODELS, build_model, linear_path, set_linear_only, zero_branch_output
 
 # Per-model defaults, tuned on ETTh1 validation (see bench/RESULTS.md, "## timeseries").
@@ -126,10 +129,25 @@ def resolve_config(model: str, config: Optional[Dict[str, Any]] = None,
     return cfg
 
 
+def _saved_run(run: str) -> Dict[str, Any]:
+    """RUN/config.json of a run to resume (one-line UserError when there is none)."""
+    p = Path(run) / "config.json"
+    try:
+        saved = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(p, "cannot resume: not a training run directory (no readable config.json)") from None
+    if "model_name" not in saved or "read" not in saved:
+        raise UserError(p, "cannot resume: the run was written by an older version (no model_name/read)")
+    if not (Path(run) / "checkpoints" / "last.ckpt").is_file() and not (Path(run) / "linear_stage").is_dir():
+        raise UserError(Path(run) / "checkpoints", "cannot resume: no last.ckpt")
+    return saved
+
+
 def data_info(data: SeriesData) -> Dict[str, Any]:
     """What evaluate/forecast need to treat a new CSV exactly like the training one."""
     return dict(columns=data.columns, target=data.target, features=data.features,
-                scaler=data.scaler.state(), train_path=data.path)
+                scaler=data.scaler.state(), train_path=data.path, n_cov=data.n_cov,
+                read=data.read.to_dict(), categories=data.categories)
 
 
 def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, features: str = "M",
@@ -137,8 +155,16 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
           config: Optional[Dict[str, Any]] = None, overrides: Optional[Dict[str, Any]] = None,
           max_epochs: Optional[int] = None, max_time: Optional[str] = None, seed: Optional[int] = None,
           overwrite: bool = False, progress: bool = True, split: Optional[str] = None,
-          trainer_kwargs: Optional[Dict[str, Any]] = None, num_workers: int = 0) -> Dict[str, Any]:
+          trainer_kwargs: Optional[Dict[str, Any]] = None, num_workers: int = 0,
+          read: Optional[ReadOptions] = None, resume: Optional[str] = None) -> Dict[str, Any]:
     """Train on ``data_path`` by the protocol, keep the best-validation checkpoint, test it.
+
+    A SIGTERM/SIGINT raises :class:`interrupt.TrainingInterrupted` (exit 143/130 in the CLI) with
+    ``checkpoints/last.ckpt`` kept. ``resume=RUN`` continues such a run from it: data, model and
+    options come from ``RUN/config.json`` (``max_epochs``/``max_time`` may be given again).
+
+    ``read`` says how to read the CSV (time columns, dropped/categorical columns, duplicates, gaps;
+    :class:`csvread.ReadOptions`); it travels in the checkpoint for evaluate/forecast.
 
     Writes under ``out``: checkpoints/best.ckpt, logs/, config.json, metrics.json. Returns the metrics.
     """
@@ -146,16 +172,34 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
 
     from .infer import evaluate_split
 
+    saved = None
+    if resume is not None:
+        saved = _saved_run(resume)
+        model, data_path, out = saved["model_name"], saved["data"], str(resume)
+        seq_len, pred_len, features, target = saved["seq_len"], saved["pred_len"], saved["features"], saved["target"]
+        seed, split, read = saved["seed"], saved.get("split"), ReadOptions.from_dict(saved["read"])
+        date_col, fill = None, False
+        config, overrides = {k: saved[k] for k in TRAIN_DEFAULTS}, {}
     cfg = resolve_config(model, config, overrides)
     if max_epochs is not None:
         cfg["max_epochs"] = max_epochs
-    data = load_series(data_path, seq_len, pred_len, features, target, date_col, fill, split)  # validates first
-    out_dir = prepare_run_dir(out, overwrite, clear=("metrics.json", "config.json"))
-    cycle_len = auto_cycle_len(data.timestamps) if cfg["cycle"] == "auto" else int(cfg["cycle"])
+    data = load_series(data_path, seq_len, pred_len, features, target, date_col, fill, split,
+                       read=read)  # validates first
+    cycle_acf: Dict[str, float] = {}
+    if saved is not None:
+        out_dir, cycle_len, cycle_acf = Path(out), int(saved["cycle_len"]), saved.get("cycle_acf", {})
+        (out_dir / "interrupted.json").unlink(missing_ok=True)
+    else:
+        out_dir = prepare_run_dir(out, overwrite, clear=("metrics.json", "config.json", "interrupted.json"))
+        if cfg["cycle"] == "auto":  # the calendar's cycle, if the training rows show it
+            cycle_len, cycle_acf = detect_cycle(data.timestamps, data.train_rows(), data.steps)
+        else:
+            cycle_len = int(cfg["cycle"])
     seed_everything(seed)
-    write_json(out_dir / "config.json", dict(cfg, data=str(data_path), seq_len=seq_len, pred_len=pred_len,
-                                             features=features, target=data.target, seed=seed,
-                                             cycle_len=cycle_len))
+    write_json(out_dir / "config.json", dict(cfg, model_name=model, data=str(data_path), seq_len=seq_len,
+                                             pred_len=pred_len, features=features, target=data.target, seed=seed,
+                                             split=split, cycle_len=cycle_len, cycle_acf=cycle_acf,
+                                             read=data.read.to_dict()), overwrite=True)
 
     def make(stage: str, c: Dict[str, Any]) -> ForecastModule:
         return ForecastModule(model, cfg["model"], seq_len, pred_len, len(data.in_cols), len(data.out_cols),
@@ -167,11 +211,20 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
         tk = dict(trainer_kwargs or {})
         tk.setdefault("max_time", max_time)
         trainer = make_trainer(run_dir, max_epochs=c["max_epochs"], monitor="val_loss", progress=progress,
-                               callbacks=[EarlyStopping("val_loss", patience=c["patience"], mode="min")],
+                               callbacks=[EarlyStopping("val_loss", patience=c["patience"], mode="min"),
+                                          SaveOnInterrupt(run_dir / "checkpoints")],
                                deterministic=False, **tk)
+        last = run_dir / "checkpoints" / "last.ckpt"
         t0 = time.time()
-        trainer.fit(module, data.loader("train", c["batch_size"], num_workers),
-                    data.loader("val", c["batch_size"], num_workers))
+        try:
+            fit_interruptible(trainer, run_dir, module, data.loader("train", c["batch_size"], num_workers),
+                              data.loader("val", c["batch_size"], num_workers),
+                              ckpt_path=str(last) if saved is not None and last.is_file() else None)
+        except TrainingInterrupted as e:
+            write_json(out_dir / "interrupted.json",
+                       dict(signal=e.signum, exit_code=e.exit_code, stage=module.hparams.stage,
+                            epoch=int(trainer.current_epoch), checkpoint=str(e.checkpoint)), overwrite=True)
+            raise
         cb = trainer.checkpoint_callback
         best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else None
         score = float(cb.best_model_score) if cb is not None and cb.best_model_score is not None else float("inf")
@@ -180,13 +233,19 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
     ls = cfg["linear_stage"]
     stage1 = None
     if ls["enabled"]:
-        best1, score1, ep1, s1 = fit(make("linear", ls), out_dir / "linear_stage", ls)
-        best1 = best1 or best_or_last_checkpoint(out_dir / "linear_stage")
-        linear_module = load_module(best1, ForecastModule)
+        done = out_dir / "linear_stage" / "done.json"
+        if saved is not None and done.is_file():  # resuming stage 2: stage 1 is finished
+            stage1 = json.loads(done.read_text())
+            linear_module = load_module(stage1["checkpoint"], ForecastModule)
+        else:
+            best1, score1, ep1, s1 = fit(make("linear", ls), out_dir / "linear_stage", ls)
+            best1 = best1 or best_or_last_checkpoint(out_dir / "linear_stage")
+            linear_module = load_module(best1, ForecastModule)
+            stage1 = dict(val_mse=score1, epochs=ep1, train_time_s=round(s1, 1), checkpoint=str(best1))
+            write_json(done, stage1, overwrite=True)
         module = make("residual" if ls["freeze"] else "joint", cfg)
         module.model.load_state_dict(linear_module.model.state_dict())
         zero_branch_output(module.model)  # the branch starts at "no correction"
-        stage1 = dict(val_mse=score1, epochs=ep1, train_time_s=round(s1, 1), checkpoint=str(best1))
     else:
         module = make("joint", cfg)
     best, score, epochs, train_s = fit(module, out_dir, cfg)
@@ -201,7 +260,8 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
         best = best_or_last_checkpoint(out_dir)
     module = load_module(best, ForecastModule)
     result = dict(model=model, data=str(data_path), seq_len=seq_len, pred_len=pred_len, features=features,
-                  seed=seed, cycle_len=cycle_len, epochs=epochs, train_time_s=round(train_s, 1),
+                  seed=seed, cycle_len=cycle_len, cycle_acf=cycle_acf, data_report=data.report, epochs=epochs,
+                  train_time_s=round(train_s, 1),
                   n_params=sum(p.numel() for p in module.parameters()), checkpoint=str(best))
     if stage1 is not None:  # what the linear path alone scores, to show what the SSM branch adds
         stage1["test"] = evaluate_split(linear_module, data, "test")
