@@ -39,10 +39,23 @@ MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
 TRAIN_DEFAULTS: Dict[str, Any] = dict(
     batch_size=32, lr=1e-3, weight_decay=0.0, loss="mae", lr_decay=0.5, lr_hold=0, patience=3,
     max_epochs=10, cycle="auto", model={},
+    # Small data: an "epoch" of the schedule (lr decay, patience, max_epochs) spans enough passes to
+    # make at least this many optimiser steps (TSLib's illness set has ~19 steps per epoch, and
+    # lr halved every 19 steps stops learning long before convergence). 0 turns it off.
+    min_steps_per_epoch=100,
     # stage 1 (linear path alone): CycleNet's recipe for its linear model
     linear_stage=dict(enabled=False, freeze=True, max_epochs=30, batch_size=256, lr=0.01, loss="mse",
                       lr_decay=0.9, lr_hold=2, patience=5),
 )
+# Per-model changes to TRAIN_DEFAULTS. DLinear: LTSF-Linear's recipe (MSE, lr 0.005; its scripts use
+# 0.0005-0.05). SpaceTime/Chimera: two-stage training by default, the SSM branch kept only when it
+# lowers the validation MSE below the linear path's (so the default is never the SSM alone when the
+# linear path validates better), with the MSE loss that selects the checkpoint.
+MODEL_TRAIN_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "dlinear": dict(lr=5e-3, loss="mse"),
+    "spacetime": dict(loss="mse", linear_stage=dict(enabled=True)),
+    "chimera": dict(loss="mse", linear_stage=dict(enabled=True)),
+}
 STAGES = ("joint", "linear", "residual")
 
 
@@ -52,7 +65,7 @@ class ForecastModule(L.LightningModule):
     def __init__(self, model_name: str, model_cfg: Dict[str, Any], seq_len: int, pred_len: int,
                  enc_in: int, c_out: int, lr: float = 1e-3, weight_decay: float = 0.0,
                  loss: str = "mse", lr_decay: float = 0.5, data_info: Optional[Dict[str, Any]] = None,
-                 cycle_len: int = 0, lr_hold: int = 0, stage: str = "joint"):
+                 cycle_len: int = 0, lr_hold: int = 0, stage: str = "joint", lr_period: int = 1):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -97,9 +110,17 @@ class ForecastModule(L.LightningModule):
     def configure_optimizers(self):
         # trainable parameters only (a stage trains only its own part); TSLib "type1" decay is hold 0,
         # decay 0.5; LTSF-Linear's "type3" is hold 3, decay 0.9
-        return configure_optimizers(self, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                    optimizer="adam", schedule="step_decay", decay=self.hparams.lr_decay,
-                                    hold=self.hparams.lr_hold)
+        period = max(1, int(self.hparams.get("lr_period", 1)))  # passes per schedule epoch (small data)
+        if period == 1:
+            return configure_optimizers(self, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                        optimizer="adam", schedule="step_decay", decay=self.hparams.lr_decay,
+                                        hold=self.hparams.lr_hold)
+        from core.engine.optim import make_optimizer, step_decay
+
+        opt = make_optimizer(self, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, name="adam")
+        factor = step_decay(self.hparams.lr_decay, self.hparams.lr_hold)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda ep: factor(ep // period))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
 def resolve_config(model: str, config: Optional[Dict[str, Any]] = None,
@@ -107,7 +128,7 @@ def resolve_config(model: str, config: Optional[Dict[str, Any]] = None,
     """Defaults <- config file <- --set overrides; ``model`` holds the model's keyword arguments."""
     if model not in MODELS:
         raise UserError("--model", f"unknown model {model!r}; choose from {sorted(MODELS)}")
-    base = dict(TRAIN_DEFAULTS, model=dict(MODEL_DEFAULTS[model]))
+    base = merge_config(dict(TRAIN_DEFAULTS, model=dict(MODEL_DEFAULTS[model])), MODEL_TRAIN_DEFAULTS.get(model, {}))
     cfg = merge_config(base, config or {}, overrides or {})
     unknown = sorted(set(cfg["model"]) - set(MODEL_DEFAULTS[model]))
     if unknown:
@@ -201,17 +222,29 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
                                              split=split, cycle_len=cycle_len, cycle_acf=cycle_acf,
                                              read=data.read.to_dict()), overwrite=True)
 
+    n_train = len(data.dataset("train"))
+
+    def epoch_group(c: Dict[str, Any]) -> int:
+        """Passes per schedule epoch: enough for ``min_steps_per_epoch`` steps, at most 100 passes in all."""
+        steps = max(1, n_train // c["batch_size"])
+        want = int(cfg["min_steps_per_epoch"])
+        if want <= 0 or steps >= want:
+            return 1
+        return max(1, min(-(-want // steps), 100 // max(1, int(c["max_epochs"]))))
+
     def make(stage: str, c: Dict[str, Any]) -> ForecastModule:
         return ForecastModule(model, cfg["model"], seq_len, pred_len, len(data.in_cols), len(data.out_cols),
                               lr=c["lr"], weight_decay=cfg["weight_decay"], loss=c["loss"],
                               lr_decay=c["lr_decay"], data_info=data_info(data), cycle_len=cycle_len,
-                              lr_hold=int(c["lr_hold"]), stage=stage)
+                              lr_hold=int(c["lr_hold"]), stage=stage, lr_period=epoch_group(c))
 
     def fit(module: ForecastModule, run_dir: Path, c: Dict[str, Any]):
         tk = dict(trainer_kwargs or {})
         tk.setdefault("max_time", max_time)
-        trainer = make_trainer(run_dir, max_epochs=c["max_epochs"], monitor="val_loss", progress=progress,
-                               callbacks=[EarlyStopping("val_loss", patience=c["patience"], mode="min"),
+        k = epoch_group(c)  # > 1 on small data: schedule, patience and epoch limit count groups of k
+        max_ep = c["max_epochs"] * k if not (c is cfg and max_epochs is not None) else c["max_epochs"]
+        trainer = make_trainer(run_dir, max_epochs=max_ep, monitor="val_loss", progress=progress,
+                               callbacks=[EarlyStopping("val_loss", patience=c["patience"] * k, mode="min"),
                                           SaveOnInterrupt(run_dir / "checkpoints")],
                                deterministic=False, **tk)
         last = run_dir / "checkpoints" / "last.ckpt"
@@ -261,6 +294,7 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
     module = load_module(best, ForecastModule)
     result = dict(model=model, data=str(data_path), seq_len=seq_len, pred_len=pred_len, features=features,
                   seed=seed, cycle_len=cycle_len, cycle_acf=cycle_acf, data_report=data.report, epochs=epochs,
+                  epoch_group=epoch_group(cfg),
                   train_time_s=round(train_s, 1),
                   n_params=sum(p.numel() for p in module.parameters()), checkpoint=str(best))
     if stage1 is not None:  # what the linear path alone scores, to show what the SSM branch adds

@@ -18,7 +18,7 @@ def trained(tmp_path_factory):
     out = d / "run"
     main(["train", "--data", str(csv), "--model", "chimera", "--seq-len", "32", "--pred-len", "8",
           "--out", str(out), "--max-epochs", "2", "--seed", "0", "--set", "model.d_model=8",
-          "--set", "model.d_state=2"])
+          "--set", "model.d_state=2", "--set", "min_steps_per_epoch=0", "--set", "linear_stage.max_epochs=2"])
     return csv, out
 
 
