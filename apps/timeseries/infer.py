@@ -9,6 +9,7 @@ import torch
 
 from core.engine import UserError, atomic_path, atomic_write, ensure_new, load_module
 
+from .alloc import keep_freed_memory
 from .csvread import ReadOptions
 from .data import SeriesData, future_timestamps, load_series, metrics
 
@@ -36,15 +37,30 @@ def data_for(module, data_path: str | Path, fill: bool = False, date_col: Option
                        n_cov=info.get("n_cov", 0))
 
 
+# Windows per forward pass in scoring: at most this many input values (windows x seq_len x variates).
+# Bigger batches make activations of tens of MB, which the allocator maps and unmaps on every call:
+# the page faults then cost more system time than the model costs user time (21 variates, batch 256).
+SCORE_VALUES = 2 ** 17
+
+
 @torch.no_grad()
-def predict_split(module, data: SeriesData, split: str, batch_size: int = 256):
-    """(pred, true) on a split, every window (the last partial batch included): (N, H, C_out) each."""
+def predict_split(module, data: SeriesData, split: str, batch_size: Optional[int] = None):
+    """(pred, true) on a split, every window (the last partial batch included): (N, H, C_out) each.
+
+    ``batch_size`` defaults to as many windows as fit :data:`SCORE_VALUES` input values."""
+    keep_freed_memory()
     module.eval()
-    preds, trues = [], []
-    for x, y, t in data.loader(split, batch_size):
-        preds.append(module(x, t))
-        trues.append(y)
-    return torch.cat(preds), torch.cat(trues)
+    if batch_size is None:
+        batch_size = max(1, min(256, SCORE_VALUES // (data.seq_len * len(data.in_cols))))
+    ds = data.dataset(split)
+    n = len(ds)
+    pred = torch.empty(n, data.pred_len, len(data.out_cols))
+    true = torch.empty_like(pred)
+    for i, (x, y, t) in enumerate(data.loader(split, batch_size)):
+        s = i * batch_size
+        pred[s:s + len(x)] = module(x, t)
+        true[s:s + len(x)] = y
+    return pred, true
 
 
 def evaluate_split(module, data: SeriesData, split: str = "test") -> Dict[str, float]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from core.engine import (UserError, best_or_last_checkpoint, configure_optimizers, load_module, make_trainer,
                          merge_config, prepare_run_dir, seed_everything, write_json)
 
+from .alloc import keep_freed_memory
 from .csvread import ReadOptions
 from .data import SeriesData, detect_cycle, load_series
 from .interrupt import SaveOnInterrupt, TrainingInterrupted, fit_interruptible
@@ -201,6 +202,7 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
         seed, split, read = saved["seed"], saved.get("split"), ReadOptions.from_dict(saved["read"])
         date_col, fill = None, False
         config, overrides = {k: saved[k] for k in TRAIN_DEFAULTS}, {}
+    keep_freed_memory()
     cfg = resolve_config(model, config, overrides)
     if max_epochs is not None:
         cfg["max_epochs"] = max_epochs
