@@ -14,7 +14,6 @@ Protocol (Informer / Time-Series-Library, reproduced exactly):
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
