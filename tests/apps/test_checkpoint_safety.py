@@ -40,7 +40,7 @@ def _predict_argv(app, tmp_path, ckpt):
     return ["predict", "--checkpoint", str(ckpt), "-i", str(inputs), "-o", str(tmp_path / "out")]
 
 
-@pytest.mark.parametrize("app", ["ecg", "medseg", "timeseries", "recsys"])
+@pytest.mark.parametrize("app", ["ecg", "medseg", "timeseries", "recsys", "graph"])
 def test_predict_refuses_a_checkpoint_carrying_code(app, tmp_path, capsys):
     ckpt, marker = _evil_checkpoint(tmp_path)
     main = importlib.import_module(f"apps.{app}.cli").main
