@@ -21,7 +21,8 @@ is the median of repeated calls after that first one.
     python bench/bench_core.py                  # full grid (slow: the peers take minutes at L=16384)
     python bench/bench_core.py --quick          # L=1024 only, one repeat
     python bench/bench_core.py --cases scan --lengths 4096 16384 --impls ours mambapy
-    python bench/bench_core.py --device cuda    # GPU: vs mamba_ssm, or vs the bytes-moved floor
+    python bench/bench_core.py --device cuda    # GPU: torch / triton / mamba_ssm, achieved GB/s over the
+                                                # bytes-moved floor (bench/gpu_check.sh runs it)
     python bench/bench_core.py --cases ragged --lengths 2048   # packed vs padded batch
 
 On the CPU every row of ours for scan/ssd also shows its roofline (bench/roofline.py): the
@@ -48,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 IMPLS = {"scan": ["ours", "ours_1ch", "ours_unfused", "mambapy", "hf"], "ssd": ["ours", "ours_1ch", "hf"],
          "block": ["ours", "ours_1ch", "mambapy", "hf"], "ragged": ["packed", "padded"]}
 BARE = os.environ.get("BENCH_CORE_BARE") == "1"   # set by --bare for the child processes
-GPU_IMPLS = {"scan": ["ours", "mamba_ssm"], "ssd": ["ours", "mamba_ssm"], "block": ["ours", "mamba_ssm"],
+# GPU: our CUDA backends by name (auto takes torch until Triton has been measured) vs mamba_ssm
+GPU_IMPLS = {"scan": ["torch", "triton", "mamba_ssm"], "ssd": ["torch", "triton", "mamba_ssm"], "block": ["ours", "mamba_ssm"],
              "ragged": ["packed", "padded"]}
 CASES = list(IMPLS)
 
@@ -80,8 +82,8 @@ def _leaf_maker(dev):
 
 def _our_backend(impl, dev, cuda_backend):
     """Backend name for ``impl`` "ours" (``cuda_backend`` on a GPU, else auto) or "mamba_ssm"."""
-    if impl == "mamba_ssm":
-        return "mamba_ssm"
+    if impl in ("mamba_ssm", "torch", "triton"):
+        return impl
     return cuda_backend if dev == "cuda" else ("cpu" if impl == "ours_1ch" else "auto")
 
 
@@ -97,7 +99,7 @@ def _scan_fn(impl, L, dev, b=2, d=256, N=16):
         from core.ops import cpu_scan
         fn = lambda: cpu_scan.selective_scan_with(cpu_scan._cpu_core, u, delta, A, B, C, D=D, z=z,  # noqa: E731
                                                   delta_bias=bias, delta_softplus=True)
-    elif impl in ("ours", "ours_1ch", "mamba_ssm"):
+    elif impl in ("ours", "ours_1ch", "mamba_ssm", "torch", "triton"):
         from core.ops import selective_scan
         backend = _our_backend(impl, dev, "triton")
         if BARE:  # the recurrence alone: what the roofline bounds
@@ -128,7 +130,7 @@ def _ssd_fn(impl, L, dev, b=2, H=4, P=64, N=16, chunk=256):
     A = (-rand(H) - 0.1).to(dev).requires_grad_()
     D, bias = mk(H), mk(H, scale=0.1)
     params = [x, dt, A, B, C, D, bias]
-    if impl in ("ours", "ours_1ch", "mamba_ssm"):
+    if impl in ("ours", "ours_1ch", "mamba_ssm", "torch", "triton"):
         from core.ops import ssd_scan
         backend = _our_backend(impl, dev, "torch")
         if BARE:
@@ -298,7 +300,11 @@ def main(argv=None):
         print(f"# roofline ceilings (one thread, fp32): {ceil['exp']:.3f} ns per state update with exp, "
               f"{ceil['decay']:.3f} with one decay per step, {ceil['reverse']:.3f} per reverse step; "
               f"copy bandwidth {ceil['bandwidth'] / 1e9:.1f} GB/s; {threads} thread(s) in the runs", flush=True)
-    print("| case | L | mode | impl | time (s) | vs ours | peak mem (MiB) | mem vs ours | roofline (s) | x roofline |")
+    if args.device == "cuda":  # achieved bandwidth: the bytes a kernel must move at least, over its time
+        print("| case | L | mode | impl | time (s) | vs first | peak mem (MiB) | mem vs first | GB/s achieved | "
+              "bytes-moved floor (MiB) |")
+    else:
+        print("| case | L | mode | impl | time (s) | vs ours | peak mem (MiB) | mem vs ours | roofline (s) | x roofline |")
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for case in args.cases:
         for L in args.lengths:
@@ -322,10 +328,10 @@ def main(argv=None):
                               else "")
                     extra = ""
                     fl = bytes_floor(case, L, mode=mode)
-                    if args.device == "cuda" and fl and impl == "ours":
-                        extra = f" ({fl / r['time'] / 1e9:.0f} GB/s over the {fl / 2**20:.0f} MiB floor)"
                     roof = ""
-                    if ceil is not None and impl == "ours":
+                    if args.device == "cuda":
+                        roof = f"{fl / r['time'] / 1e9:.0f} | {fl / 2**20:.0f}" if fl else " | "
+                    elif ceil is not None and impl == "ours":
                         c = roofline.ceiling_seconds(case, L, mode, ceil, threads, fl)
                         roof = f"{c:.4f} | {r['time'] / c:.1f}x" if c else " | "
                     else:

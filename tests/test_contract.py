@@ -33,7 +33,6 @@ def _folder(tmp: Path) -> Path:
 
 # app -> (cli module, train input flag, make a train input)
 APPS = {
-    "timeseries": ("apps.timeseries.cli", ["--model", "dlinear", "--data"], _csv),
     "ecg": ("apps.ecg.cli", ["--data"], _folder),
     "medseg": ("apps.medseg.cli", ["--data"], _folder),
 }

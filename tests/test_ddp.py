@@ -32,17 +32,6 @@ def _one_of_each(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
-def test_timeseries_ddp(tmp_path):
-    from tests.apps.timeseries.conftest import make_csv
-
-    csv = make_csv(tmp_path / "d.csv", n=300)
-    run = tmp_path / "run"
-    r = _train("timeseries", ["--data", csv, "--model", "dlinear", "--seq-len", 24, "--pred-len", 8, "-o", run],
-               tmp_path)
-    m = _one_of_each(run)
-    assert m["test"]["windows"] > 0 and r.stdout.count("test  MSE") == 1  # reported once, by rank 0
-
-
 def test_ecg_ddp(tmp_path):
     from apps.ecg.demo import make_dataset
 

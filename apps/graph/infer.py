@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from core.engine import UserError, atomic_write, ensure_new
+from core.engine import UserError, atomic_write, ensure_new, safe_load
 
 
 def load_checkpoint(path: str | Path):
@@ -23,10 +23,8 @@ def load_checkpoint(path: str | Path):
     p = Path(path)
     if p.is_dir():
         p = best_or_last_checkpoint(p)
-    if not p.is_file():
-        raise UserError(p, "checkpoint not found")
+    ck = safe_load(p)  # weights_only + the project's allow-list: pickled code is refused in one line
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
         hp = ck["hyper_parameters"]
         module = GraphModule(**{k: hp[k] for k in ("model", "schema", "task", "level", "lr", "weight_decay",
                                                    "max_epochs")})

@@ -190,7 +190,7 @@ def store_postprocessing(ckpt_paths: Sequence[Path], decision: Mapping) -> None:
     for p in ckpt_paths:
         if not Path(p).is_file():
             continue
-        ck = torch.load(str(p), map_location="cpu", weights_only=False)
+        ck = safe_load(p)  # our own checkpoint, still read without running code
         ck["hyper_parameters"]["config"]["postprocessing"] = dict(decision)
         atomic_save(ck, p, overwrite=True)
 

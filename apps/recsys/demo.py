@@ -49,7 +49,11 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False,
     from .infer import load_checkpoint, recommend
     from .train import train
 
-    out = prepare_run_dir(out, overwrite, clear=("top10.csv", "top10_after_event.csv", "summary.json"))
+    own = {"demo.inter", "top10.csv", "top10_after_event.csv", "summary.json", *models}
+    p = Path(out)
+    if p.is_dir() and all(c.name in own for c in p.iterdir()):
+        overwrite = True  # a re-run replaces the demo's own outputs; anything else needs --overwrite
+    out = prepare_run_dir(out, overwrite, clear=tuple(own))
     log = synthetic_log(out / "demo.inter", seed=seed, overwrite=True)
     data = load_dataset(log, warn=False)
     small = {"tim4rec": dict(d_model=32, d_state=16, headdim=16, n_layers=1),

@@ -14,9 +14,8 @@ Protocol (Informer / Time-Series-Library, reproduced exactly):
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -25,91 +24,27 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.engine import UserError
 
-DATE_NAMES = ("date", "datetime", "timestamp", "time", "ds")
+from .csvread import ReadOptions, _fixed, grid_step, read_table
+
 FEATURES = ("M", "S", "MS")
 
 
 # ----------------------------------------------------------------------------- reading
-def read_series(path: str | Path, date_col: Optional[str] = None, fill: bool = False
-                ) -> Tuple[pd.DatetimeIndex, pd.DataFrame]:
-    """Read a CSV with one date column and numeric columns.
+def read_series(path: str | Path, date_col: Optional[str] = None, fill: bool = False,
+                read: Optional[ReadOptions] = None) -> Tuple[pd.Index, pd.DataFrame]:
+    """``(time, values)`` of a CSV, read by :func:`csvread.read_table` (see there for the options).
 
-    Returns ``(timestamps, values)`` with ``values`` a float64 DataFrame (rows = time).
-    Raises :class:`UserError` (one line naming the file) on: missing file, no date column,
-    unparsable/duplicate/unsorted timestamps, non-numeric columns (named), missing values
-    (unless ``fill``: linear interpolation in time, then nearest value at the ends).
+    ``time`` is a DatetimeIndex (or int64 step numbers); ``values`` a float64 DataFrame, rows = time.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(p, "file not found")
-    try:
-        df = pd.read_csv(p)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(p, f"cannot read as CSV ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
-    if df.shape[1] < 2:
-        raise UserError(p, "needs a date column and at least one numeric column")
-    col = _find_date_column(p, df, date_col)
-    with warnings.catch_warnings():  # mixed formats fall back to dateutil: fine, failures are caught below
-        warnings.simplefilter("ignore")
-        ts = pd.to_datetime(df[col], errors="coerce")
-    bad = ts.isna()
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise UserError(p, f"unparsable or missing timestamp in column {col!r} at data row {i + 1}: "
-                           f"{df[col].iloc[i]!r}")
-    values = df.drop(columns=[col])
-    non_num = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
-    if non_num:
-        raise UserError(p, f"non-numeric column(s) {non_num}: keep only the date and numeric columns")
-    dup = ts.duplicated()
-    if dup.any():
-        i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise UserError(p, f"duplicate timestamp {ts.iloc[i]} at data row {i + 1}")
-    if not ts.is_monotonic_increasing:
-        i = int(np.flatnonzero(np.diff(ts.to_numpy().astype("datetime64[ns]").astype(np.int64)) < 0)[0]) + 1
-        raise UserError(p, f"timestamps not sorted: {ts.iloc[i]} at data row {i + 1} comes after "
-                           f"{ts.iloc[i - 1]} (sort the file by time)")
-    values = values.astype(np.float64)
-    n_missing = int(values.isna().to_numpy().sum())
-    if n_missing:
-        if not fill:
-            cols = [c for c in values.columns if values[c].isna().any()]
-            raise UserError(p, f"{n_missing} missing value(s) in column(s) {cols} "
-                               "(pass --fill to interpolate them)")
-        values = values.set_axis(pd.DatetimeIndex(ts), axis=0).interpolate(method="time", limit_direction="both")
-        values = values.ffill().bfill().reset_index(drop=True)
-        if values.isna().to_numpy().any():
-            raise UserError(p, "a column has no values at all; cannot --fill it")
-    return pd.DatetimeIndex(ts), values.reset_index(drop=True)
+    opts = read or ReadOptions(date_col=date_col, fill=fill)
+    t = read_table(path, opts)
+    return t.time, t.values
 
 
-def _find_date_column(p: Path, df: pd.DataFrame, date_col: Optional[str]) -> str:
-    if date_col is not None:
-        if date_col not in df.columns:
-            raise UserError(p, f"date column {date_col!r} not found; columns: {list(df.columns)}")
-        return date_col
-    for c in df.columns:
-        if str(c).strip().lower() in DATE_NAMES:
-            return c
-    first = df.columns[0]
-    if not pd.api.types.is_numeric_dtype(df[first]):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            parsed = pd.to_datetime(df[first].head(20), errors="coerce")
-        if parsed.notna().all():
-            return first
-    raise UserError(p, f"no date column found (name one with --date-col); columns: {list(df.columns)}")
-
-
-def infer_freq(ts: pd.DatetimeIndex) -> pd.Timedelta | pd.DateOffset:
-    """Sampling step of the series: pandas' inferred frequency, else the most common difference."""
-    with warnings.catch_warnings():  # pandas is changing infer_freq's return type; to_offset takes both
-        warnings.simplefilter("ignore")
-        f = pd.infer_freq(ts[-min(len(ts), 200):]) if len(ts) >= 3 else None
-    if f is not None:
-        return pd.tseries.frequencies.to_offset(f)
-    d = pd.Series(ts[1:] - ts[:-1]).mode()
-    return pd.Timedelta(d.iloc[0]) if len(d) else pd.Timedelta(hours=1)
+def infer_freq(ts: pd.Index):
+    """Sampling step of the series: pandas' inferred frequency, else the most common difference
+    (an int for integer steps)."""
+    return grid_step(ts)
 
 
 # Calendar positions count from a Monday midnight, so a phase "mod steps-per-day" is the time of
@@ -117,51 +52,128 @@ def infer_freq(ts: pd.DatetimeIndex) -> pd.Timedelta | pd.DateOffset:
 EPOCH = pd.Timestamp("1970-01-05")
 
 
-def _fixed_step(f) -> Optional[pd.Timedelta]:
-    try:
-        d = pd.Timedelta(f)
-    except (ValueError, TypeError):
-        return None
-    return d if d > pd.Timedelta(0) else None
-
-
-def step_index(ts: pd.DatetimeIndex) -> np.ndarray:
+def step_index(ts: pd.Index) -> np.ndarray:
     """(rows,) int64: each timestamp's position in sampling steps since :data:`EPOCH`.
 
     Fixed steps (minutes, hours, days) count whole steps; calendar steps (months, business days)
-    use pandas period ordinals. Only differences and residues modulo a cycle length are used.
+    use pandas period ordinals; integer time counts steps from 0. Only differences and residues
+    modulo a cycle length are used.
     """
+    f = infer_freq(ts)
+    if not isinstance(ts, pd.DatetimeIndex):
+        return np.asarray(ts, dtype=np.int64) // f
     if ts.tz is not None:
         ts = ts.tz_localize(None)
-    f = infer_freq(ts)
-    d = _fixed_step(f)
+    d = _fixed(f)
     if d is not None:
         return np.asarray((ts - EPOCH) // d, dtype=np.int64)
     return np.asarray(pd.PeriodIndex(ts, freq=f).asi8, dtype=np.int64)
 
 
-def auto_cycle_len(ts: pd.DatetimeIndex) -> int:
-    """The natural cycle in steps: one day for sub-daily data (24 hourly, 96 at 15 min), a week
-    for daily data, a year for monthly (12) and quarterly (4) data; 0 (none) otherwise."""
+def calendar_cycles(ts: pd.Index) -> List[int]:
+    """Candidate cycle lengths in steps from the sampling step, most likely first: a day and a week
+    for sub-daily data (24, 168 hourly), a week and a year for daily data, a year for weekly (52),
+    monthly (12) and quarterly (4) data, a week for business days. Integer time has none."""
+    if not isinstance(ts, pd.DatetimeIndex):
+        return []
     f = infer_freq(ts)
-    d = _fixed_step(f)
-    day = pd.Timedelta(days=1)
+    d = _fixed(f)
+    day, week = pd.Timedelta(days=1), pd.Timedelta(days=7)
     if d is not None:
         if d < day and day % d == pd.Timedelta(0):
-            return int(day // d)
-        return 7 if d == day else 0
+            return [int(day // d), int(week // d)]
+        if d == day:
+            return [7, 365]
+        if d == week:
+            return [52]
+        return []
     if isinstance(f, (pd.offsets.MonthEnd, pd.offsets.MonthBegin)):
-        return 12
+        return [12]
     if isinstance(f, (pd.offsets.QuarterEnd, pd.offsets.QuarterBegin)):
-        return 4
+        return [4]
     if isinstance(f, pd.offsets.BusinessDay):
-        return 5
-    return 0
+        return [5]
+    if isinstance(f, pd.offsets.Week):
+        return [52]
+    return []
 
 
-def future_timestamps(ts: pd.DatetimeIndex, steps: int) -> pd.DatetimeIndex:
-    """The ``steps`` timestamps after ``ts[-1]`` at the series' inferred frequency."""
+def auto_cycle_len(ts: pd.Index) -> int:
+    """The calendar's natural cycle (the first of :func:`calendar_cycles`), 0 when there is none.
+    Training checks it against the data with :func:`detect_cycle`."""
+    c = calendar_cycles(ts)
+    return c[0] if c else 0
+
+
+# A cycle is kept when it explains at least this share of the detrended training series' variance
+# (its "seasonal strength", as in STL's F_s), after subtracting what phase means of pure noise explain.
+# Detrending (a moving average one cycle long) removes trends and random-walk drift, which would
+# otherwise make every lag look periodic (daily exchange rates have no weekly cycle).
+CYCLE_MIN_STRENGTH = 0.1
+
+
+def cycle_strength(x: np.ndarray, phase: np.ndarray, c: int) -> float:
+    """Share of the variance of ``x`` (rows, C) minus its moving average (length ``c``) explained by
+    a per-phase mean (``phase`` (rows,) int, taken mod ``c``), less the c/n that noise explains;
+    averaged over columns. About 0 for noise or random walks, near 1 for a clean cycle."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    if c < 2 or n < 3 * c:
+        return 0.0
+    cs = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)
+    ma = (cs[c:] - cs[:-c]) / c                                  # (n - c + 1, C), window [i, i+c)
+    lo = c // 2
+    d = x[lo:lo + len(ma)] - ma                                  # detrended, centred windows
+    ph = np.asarray(phase[lo:lo + len(ma)]) % c
+    cnt = np.bincount(ph, minlength=c).astype(np.float64)
+    means = np.stack([np.bincount(ph, weights=d[:, j], minlength=c) for j in range(d.shape[1])], 1)
+    means = means / np.maximum(cnt, 1)[:, None]
+    resid = d - means[ph]
+    var_d, var_r = d.var(0), resid.var(0)
+    ok = var_d > 0
+    if not ok.any():
+        return 0.0
+    return float(np.mean(1.0 - var_r[ok] / var_d[ok]) - c / len(d))
+
+
+def detect_cycle(ts: pd.Index, train_values: np.ndarray, steps: Optional[np.ndarray] = None,
+                 max_search: int = 200) -> Tuple[int, Dict[str, float]]:
+    """Choose the residual-cycle length from the training rows ``train_values`` (rows, C).
+
+    Calendar candidates (:func:`calendar_cycles`, a day before a week) are tried in order; the first
+    whose :func:`cycle_strength` reaches :data:`CYCLE_MIN_STRENGTH` wins (three cycles of training
+    data needed). Integer time (no calendar) searches 2..max_search and takes the shortest length
+    within 90 % of the strongest (a multiple of a cycle is as strong as the cycle). ``steps``
+    (rows,) gives each row's calendar position (default: 0, 1, ...). Returns
+    ``(cycle_len or 0, {str(length): strength})`` for the report.
+    """
+    n = len(train_values)
+    phase = np.arange(n) if steps is None else np.asarray(steps, dtype=np.int64)
+    if isinstance(ts, pd.DatetimeIndex):
+        cands = [c for c in calendar_cycles(ts) if 2 <= c <= n // 3]
+    else:
+        cands = list(range(2, min(max_search, n // 3) + 1))
+    if not cands:
+        return 0, {}
+    r = [cycle_strength(train_values, phase, c) for c in cands]
+    if isinstance(ts, pd.DatetimeIndex):
+        scores = {str(c): round(v, 4) for c, v in zip(cands, r)}
+        for c, v in zip(cands, r):
+            if v >= CYCLE_MIN_STRENGTH:
+                return int(c), scores
+        return 0, scores
+    top = max(r)
+    if top < CYCLE_MIN_STRENGTH:
+        return 0, {"best": round(top, 4)}
+    c = next(c for c, v in zip(cands, r) if v >= 0.9 * top)
+    return int(c), {str(c): round(r[cands.index(c)], 4)}
+
+
+def future_timestamps(ts: pd.Index, steps: int) -> pd.Index:
+    """The ``steps`` timestamps (or integer steps) after ``ts[-1]`` at the series' sampling step."""
     f = infer_freq(ts)
+    if not isinstance(ts, pd.DatetimeIndex):
+        return pd.Index(int(ts[-1]) + f * np.arange(1, steps + 1))
     return pd.DatetimeIndex([ts[-1] + f * (k + 1) for k in range(steps)])
 
 
@@ -260,6 +272,10 @@ class SeriesData:
     seq_len: int
     pred_len: int
     steps: np.ndarray             # (rows,) int64 calendar position, see step_index
+    n_cov: int = 0                # the first n_cov columns are covariates: inputs, never forecast
+    read: ReadOptions = dataclasses.field(default_factory=ReadOptions)
+    categories: Dict[str, List[str]] = dataclasses.field(default_factory=dict)  # one-hot levels
+    report: Dict[str, Any] = dataclasses.field(default_factory=dict)            # see csvread.Table
 
     @property
     def in_cols(self) -> List[int]:
@@ -267,7 +283,12 @@ class SeriesData:
 
     @property
     def out_cols(self) -> List[int]:
-        return list(range(len(self.columns))) if self.features == "M" else [len(self.columns) - 1]
+        return list(range(self.n_cov, len(self.columns))) if self.features == "M" else [len(self.columns) - 1]
+
+    def train_rows(self) -> np.ndarray:
+        """(rows, C_out) scaled training rows of the forecast variables (for :func:`detect_cycle`)."""
+        b1, b2 = self.borders
+        return self.scaled[b1[0]:b2[0]][:, self.out_cols]
 
     @property
     def in_names(self) -> List[str]:
@@ -302,43 +323,55 @@ class SeriesData:
 def load_series(path: str | Path, seq_len: int, pred_len: int, features: str = "M",
                 target: Optional[str] = "OT", date_col: Optional[str] = None, fill: bool = False,
                 split: Optional[str] = None, scaler_state: Optional[dict] = None,
-                columns: Optional[Sequence[str]] = None, forecast_only: bool = False) -> SeriesData:
-    """Read ``path`` and apply the protocol.
+                columns: Optional[Sequence[str]] = None, forecast_only: bool = False,
+                read: Optional[ReadOptions] = None, categories: Optional[Dict[str, List[str]]] = None,
+                n_cov: Optional[int] = None) -> SeriesData:
+    """Read ``path`` (:mod:`.csvread`, options ``read``; ``date_col``/``fill`` are shortcuts) and
+    apply the protocol.
 
-    ``target=None`` picks the last column. ``split`` overrides the file-name rule ('ETTh',
-    'ETTm', 'custom'). ``scaler_state``/``columns`` come from a checkpoint when evaluating or
-    forecasting, so a new file is scaled exactly like the training file and must have its columns.
-    ``forecast_only`` (needs ``scaler_state``) only asks for ``seq_len`` rows: no splits are made.
+    Column order: covariates (numeric columns not chosen by ``read.columns``, then one-hot
+    categories), the other forecast variables, the target last. ``target=None`` picks the last
+    forecast variable. ``split`` overrides the file-name rule ('ETTh', 'ETTm', 'custom').
+    ``scaler_state``/``columns``/``categories``/``n_cov`` come from a checkpoint when evaluating or
+    forecasting, so a new file is read and scaled exactly like the training file and must have its
+    columns. ``forecast_only`` (needs ``scaler_state``) only asks for ``seq_len`` rows: no splits.
     """
     p = Path(path)
     if features not in FEATURES:
         raise UserError("--features", f"must be one of {FEATURES}, got {features!r}")
-    ts, df = read_series(p, date_col=date_col, fill=fill)
-    cols = [str(c) for c in df.columns]
-    df.columns = cols
+    read = dataclasses.replace(read or ReadOptions(), **({"date_col": date_col} if date_col else {}))
+    if fill:
+        read = dataclasses.replace(read, fill=True)
+    table = read_table(p, read, categories=categories)
+    ts, df = table.time, table.values
+    targets = table.targets
     if target is None:
-        target = cols[-1]
-    if target not in cols:
-        raise UserError(p, f"target column {target!r} not found; numeric columns: {cols}")
+        target = targets[-1]
+    if target not in targets:
+        where = "a covariate" if target in table.covariates else "not found"
+        raise UserError(p, f"target column {target!r} {where}; forecast variables: {targets}")
     if columns is not None:
-        missing = [c for c in columns if c not in cols]
+        missing = [c for c in columns if c not in df.columns]
         if missing:
             raise UserError(p, f"column(s) {missing} used in training are missing")
         order = list(columns)
+        n_cov = int(n_cov or 0)
     else:
-        order = [c for c in cols if c != target] + [target]
+        order = table.covariates + [c for c in targets if c != target] + [target]
+        n_cov = len(table.covariates)
     raw = df[order].to_numpy(dtype=np.float64)
     n = raw.shape[0]
     kind = split or split_kind(p)
     if seq_len < 1 or pred_len < 1:
         raise UserError("--seq-len/--pred-len", "must be positive")
+    extra = dict(n_cov=n_cov, read=read, categories=table.categories, report=table.report)
     if forecast_only:
         if n < seq_len:
             raise UserError(p, f"series too short: {n} rows; the model needs the last seq_len = {seq_len} rows")
         scaler = Scaler.from_state(scaler_state)
         return SeriesData(path=str(p), timestamps=ts, columns=order, target=target, features=features,
                           scaler=scaler, scaled=scaler.transform(raw), raw=raw, borders=([0] * 3, [n] * 3),
-                          seq_len=seq_len, pred_len=pred_len, steps=step_index(ts))
+                          seq_len=seq_len, pred_len=pred_len, steps=step_index(ts), **extra)
     b1, b2 = split_borders(n, seq_len, kind)
     if kind != "custom" and n < b2[2]:
         raise UserError(p, f"{kind} protocol needs {b2[2]} rows, file has {n} (use a 70/10/20 split: rename "
@@ -351,7 +384,7 @@ def load_series(path: str | Path, seq_len: int, pred_len: int, features: str = "
     scaler = Scaler.from_state(scaler_state) if scaler_state else Scaler.fit(raw[b1[0]:b2[0]])
     return SeriesData(path=str(p), timestamps=ts, columns=order, target=target, features=features,
                       scaler=scaler, scaled=scaler.transform(raw), raw=raw, borders=(b1, b2),
-                      seq_len=seq_len, pred_len=pred_len, steps=step_index(ts))
+                      seq_len=seq_len, pred_len=pred_len, steps=step_index(ts), **extra)
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.engine import atomic_write, prepare_demo_dir, write_json
+from core.engine import atomic_write, prepare_run_dir, write_json
 
 
 def synthetic_csv(path: str | Path, n: int = 1500, n_vars: int = 4, seed: int = 0, freq: str = "h",
@@ -42,16 +42,14 @@ def synthetic_csv(path: str | Path, n: int = 1500, n_vars: int = 4, seed: int = 
 
 def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, models=("chimera", "spacetime", "dlinear"),
              max_epochs: int = 3) -> dict:
-    """Write OUT/data.csv, OUT/<model>/ runs, OUT/forecast.csv + forecast.png, OUT/summary.json.
-
-    Re-runnable as is: a folder an earlier demo made is replaced; any other non-empty one needs ``overwrite``."""
+    """Write OUT/data.csv, OUT/<model>/ runs, OUT/forecast.csv + forecast.png, OUT/summary.json."""
     import torch
 
     torch.set_num_threads(1)  # tiny models: one thread beats two that spin-wait on a busy machine
     from .infer import data_for, forecast, load_checkpoint, write_forecast
     from .train import train
 
-    out = prepare_demo_dir(out, overwrite)
+    out = prepare_run_dir(out, overwrite)
     csv = synthetic_csv(out / "data.csv", seed=seed, overwrite=True)
     small = {"chimera": dict(d_model=16, d_state=2), "spacetime": dict(d_model=16, d_state=8, n_layers=1),
              "dlinear": {}}

@@ -4,8 +4,9 @@ The forward keeps only the state at every K-th step (K = max(64, 4N), so at
 most batch*dim*L/4 numbers); the backward recomputes each chunk's states from
 its checkpoint and walks it in reverse. Channels are split over
 ``torch.get_num_threads()`` Python threads (ctypes drops the GIL). If the C
-code cannot be compiled, "cpu" is served by the pure-torch chunked scan
-(core/ops/torch_scan.py) instead.
+code cannot be compiled, one warning says why, "cpu" is no longer listed by
+``available_backends`` and ``auto`` takes the pure-torch chunked scan
+(core/ops/torch_scan.py, backend "torch") instead.
 """
 from __future__ import annotations
 
@@ -247,5 +248,10 @@ def _is_cpu(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
 
-register_backend("selective_scan", "cpu", selective_scan_cpu, _is_cpu)
-register_backend("ssd_scan", "cpu", ssd_scan_cpu, _is_cpu)
+def _c_missing():
+    # compiles on first call; None when the C kernel is there, else why not (then "auto" takes "torch")
+    return None if cpu_build.load() is not None else (cpu_build.error() or "the C scan could not be built")
+
+
+register_backend("selective_scan", "cpu", selective_scan_cpu, _is_cpu, why_unavailable=_c_missing)
+register_backend("ssd_scan", "cpu", ssd_scan_cpu, _is_cpu, why_unavailable=_c_missing)

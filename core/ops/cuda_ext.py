@@ -2,16 +2,17 @@
 
 Registered only when the packages import; ``can_run`` is ``tensor.is_cuda``.
 Where a package lacks a feature our API has, the call goes to the next
-backend instead (Triton, then pure torch), so results never silently differ:
+backend instead (pure torch: our Triton kernels are chosen by name only until they
+have been measured on a GPU), so results never silently differ:
 
 * ``selective_scan_fn`` has no initial state and ignores the last state's
-  gradient: with ``initial_state`` or ``return_last_state`` we use Triton.
-* float64 inputs (the kernels support fp32/fp16/bf16 only) go to Triton/torch.
+  gradient: with ``initial_state`` or ``return_last_state`` we use torch.
+* float64 inputs (the kernels support fp32/fp16/bf16 only) go to torch.
 * ``causal_conv1d_fn`` supports widths 2..4 and needs channel-last ``x`` with
-  ``initial_states`` or ``seq_idx``; other widths use our Triton kernel.
-* Packed sequences (``seq_idx``): ``selective_scan_fn`` has none, so Triton runs
+  ``initial_states`` or ``seq_idx``; other widths use torch's grouped conv.
+* Packed sequences (``seq_idx``): ``selective_scan_fn`` has none, so torch runs
   them; ``mamba_chunk_scan_combined`` and ``causal_conv1d_fn`` take ``seq_idx``
-  but not together with initial states, which then go to Triton as well.
+  but not together with initial states, which then go to torch as well.
 
 Not testable on a machine without a GPU; written against the packages'
 documented signatures (mamba_ssm >= 2.2, causal-conv1d >= 1.4).
@@ -45,7 +46,7 @@ def _fallback(op: str, *args, **kwargs):
     t = args[0]
     if kwargs.get("seq_idx") is None:
         kwargs.pop("seq_idx", None)
-    for name in ("triton", "torch", "reference"):
+    for name in ("torch", "reference"):  # not Triton: unmeasured on a GPU, by name only (dispatch._BUILTIN)
         entry = _REGISTRY[op].get(name)
         if entry is not None and entry[1](t):
             return entry[0](*args, **kwargs)

@@ -11,36 +11,57 @@ import torch
 from . import reference
 from .varlen import check_seq_idx
 
-# op name -> backend name -> (implementation, predicate(tensor) -> can run)
+# op name -> backend name -> (implementation, can_run(tensor) -> bool, priority, auto, why_unavailable)
 _REGISTRY: Dict[str, Dict[str, tuple]] = {
     "selective_scan": {}, "ssd_scan": {}, "causal_conv1d": {}, "causal_conv1d_update": {},
 }
-# Preference order for backend="auto"; the first one that can run wins.
-_AUTO_ORDER = ["mamba_ssm", "causal_conv1d", "cpu", "triton", "torch", "reference"]
-# SSD on a GPU: the chunked matmul form ("torch") uses tensor cores; our Triton
-# SSD is the sequential Mamba-1 kernel over heads*headdim channels, unmeasured on
-# a GPU so far, so it is only used when asked for by name.
-_AUTO_ORDER_BY_OP = {"ssd_scan": ["mamba_ssm", "cpu", "torch", "triton", "reference"]}
+# Priority (higher first) and whether backend="auto" may choose it, for the backends shipped here;
+# a backend registered under another name gets DEFAULT_PRIORITY (above torch, below the C scan).
+# The Triton kernels are chosen by name only: they have not been measured on a GPU yet, so on
+# CUDA tensors auto takes mamba_ssm / causal_conv1d if installed, else the torch forms.
+_BUILTIN = {"mamba_ssm": (100, True), "causal_conv1d": (100, True), "cpu": (80, True), "torch": (40, True),
+            "triton": (30, False), "reference": (0, True)}
+DEFAULT_PRIORITY = 50
 
 
 def _any_device(t: torch.Tensor) -> bool:
     return True
 
 
-def register_backend(op: str, name: str, fn: Callable, can_run: Callable[[torch.Tensor], bool] = _any_device):
-    """Register ``fn`` as backend ``name`` of ``op``; ``can_run(first_tensor_arg)`` gates it."""
+def register_backend(op: str, name: str, fn: Callable, can_run: Callable[[torch.Tensor], bool] = _any_device,
+                     priority: Optional[int] = None, auto: Optional[bool] = None,
+                     why_unavailable: Optional[Callable[[], Optional[str]]] = None):
+    """Register ``fn`` as backend ``name`` of ``op``.
+
+    ``can_run(first_tensor_arg)`` says whether it runs on those tensors; ``backend="auto"`` takes
+    the highest ``priority`` backend that can run (default :data:`DEFAULT_PRIORITY`, so a newly
+    registered backend is preferred to the pure-torch one); ``auto=False`` makes it by-name only;
+    ``why_unavailable()`` returns None when it works here, else the reason (it is then hidden
+    from :func:`available_backends` and refused by name with that reason).
+    """
     if op not in _REGISTRY:
         raise KeyError(f"unknown op {op!r}; ops are {sorted(_REGISTRY)}")
-    _REGISTRY[op][name] = (fn, can_run)
+    p, a = _BUILTIN.get(name, (DEFAULT_PRIORITY, True))
+    _REGISTRY[op][name] = (fn, can_run, p if priority is None else int(priority), a if auto is None else bool(auto),
+                           why_unavailable)
+
+
+def unavailable_reason(op: str, name: str) -> Optional[str]:
+    """None if backend ``name`` of ``op`` is registered and works here, else why not."""
+    entry = _REGISTRY[op].get(name)
+    if entry is None:
+        return "not installed"
+    return entry[4]() if entry[4] is not None else None
 
 
 def available_backends(op: str = "selective_scan", device: Optional[torch.device | str] = None) -> List[str]:
-    """Backends of ``op`` registered here, in ``auto`` preference order.
+    """Backends of ``op`` that can actually run here, highest priority first.
 
-    With ``device`` only those that can run on tensors of that device.
+    With ``device`` only those that run on tensors of that device. The first one ``auto`` may
+    choose (see :func:`resolve_backend`) is what ``backend="auto"`` uses.
     """
-    order = _AUTO_ORDER_BY_OP.get(op, _AUTO_ORDER)
-    names = sorted(_REGISTRY[op], key=lambda n: order.index(n) if n in order else len(order))
+    names = [n for n in sorted(_REGISTRY[op], key=lambda n: -_REGISTRY[op][n][2])
+             if unavailable_reason(op, n) is None]
     if device is None:
         return names
     probe = torch.empty(0, device=device) if str(device) != "meta" else torch.empty(0)
@@ -54,13 +75,15 @@ def resolve_backend(op: str, backend: str, tensor: torch.Tensor) -> str:
         if backend not in table:
             raise ValueError(f"{op}: backend {backend!r} is not available here; "
                              f"available: {available_backends(op)}")
+        why = unavailable_reason(op, backend)
+        if why is not None:
+            raise ValueError(f"{op}: backend {backend!r} cannot run here ({why}); "
+                             f"available: {available_backends(op)}")
         if not table[backend][1](tensor):
             raise ValueError(f"{op}: backend {backend!r} cannot run on {tensor.device} tensors")
         return backend
     for name in available_backends(op):
-        if name == "triton" and not tensor.is_cuda:
-            continue  # the Triton interpreter runs on CPU only when asked for by name
-        if table[name][1](tensor):
+        if table[name][3] and table[name][1](tensor):
             return name
     return "reference"
 
@@ -84,8 +107,7 @@ def _pick(op: str, backend: str, tensor: torch.Tensor, seq_idx) -> tuple:
         if backend != "auto":
             raise ValueError(f"{op}: backend {name!r} does not support seq_idx (packed sequences); "
                              f"backends that do: {ok}")
-        name = next((n for n in ok if _REGISTRY[op][n][1](tensor)
-                     and (n != "triton" or tensor.is_cuda)), "reference")
+        name = next((n for n in ok if _REGISTRY[op][n][3] and _REGISTRY[op][n][1](tensor)), "reference")
     return _REGISTRY[op][name][0], {"seq_idx": seq_idx}
 
 

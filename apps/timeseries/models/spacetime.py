@@ -82,7 +82,9 @@ class SpaceTime(nn.Module):
             z = self.embed(self._lags(seq))
             for blk in self.encoder:
                 z = blk(z)
-            y = self.head(self.drop(self.decoder(self.norm(z), self.pred_len)))  # (B', H, c)
+            # decoder + read-out in one product (no (B', H, d_model) tensor); dropout on the final state
+            y = self.decoder.forward_projected(self.norm(z), self.pred_len, self.head.weight, self.head.bias,
+                                               self.drop)                # (B', H, c)
             if not self.channel_mixing:
                 y = y.reshape(B, C, self.pred_len).transpose(1, 2)      # (B, H, C)
             if s is not None:

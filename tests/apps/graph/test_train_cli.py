@@ -77,7 +77,7 @@ def test_evaluate_and_bad_checkpoint(tiny_run, tiny_tu, tmp_path, run_cli):
     fake = tmp_path / "fake.ckpt"
     fake.write_bytes(b"not a checkpoint")
     code, _, err = run_cli("predict", "--checkpoint", fake, "-i", tiny_tu, "-o", tmp_path / "x.csv")
-    assert code == 2 and "not an ssm-graph checkpoint" in err and not (tmp_path / "x.csv").exists()
+    assert code == 2 and "fake.ckpt: not a checkpoint" in err and not (tmp_path / "x.csv").exists()
     code, _, err = run_cli("train", "--data", tmp_path / "missing", "--out", tmp_path / "r")
     assert code == 2 and "not found" in err
 

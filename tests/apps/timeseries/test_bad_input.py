@@ -52,11 +52,21 @@ def test_unsorted_timestamps(tmp_path, run_cli):
     _assert_clean_failure(code, err, tmp_path / "run", "unsorted.csv", "not sorted")
 
 
-def test_non_numeric_columns_are_named(tmp_path, run_cli):
+def test_stray_text_in_a_numeric_column_is_named(tmp_path, run_cli):
+    # 'site' is a category (one level: dropped); 'v1' is numeric with one stray '?': an error naming it
     csv = make_csv(tmp_path / "text.csv")
     _edit(csv, lambda d: d.assign(site=["north"] * len(d), v1=d.v1.astype(str).where(d.index != 3, "?")))
     code, _, err = run_cli(*_train_args(csv, tmp_path / "run"))
-    _assert_clean_failure(code, err, tmp_path / "run", "text.csv", "non-numeric", "'v1'", "'site'")
+    _assert_clean_failure(code, err, tmp_path / "run", "text.csv", "non-numeric", "'v1'", "row 4")
+
+
+def test_free_text_column_is_named(tmp_path, run_cli):
+    csv = make_csv(tmp_path / "notes.csv")
+    _edit(csv, lambda d: d.assign(note=[f"reading {i} ok" for i in range(len(d))]))
+    code, _, err = run_cli(*_train_args(csv, tmp_path / "run"))
+    _assert_clean_failure(code, err, tmp_path / "run", "notes.csv", "'note'", "free text", "--drop")
+    code, _, err = run_cli(*_train_args(csv, tmp_path / "run2", "--drop", "note"))
+    assert code == 0, err
 
 
 def test_series_too_short(tmp_path, run_cli):
@@ -85,6 +95,6 @@ def test_missing_file_and_bad_checkpoint(tmp_path, run_cli):
     ck = tmp_path / "junk.ckpt"
     ck.write_bytes(b"not a checkpoint")
     csv = make_csv(tmp_path / "ok.csv")
-    code, _, err = run_cli("forecast", "--checkpoint", ck, "-i", csv, "-o", tmp_path / "f.csv")
+    code, _, err = run_cli("forecast", "--checkpoint", ck, "--data", csv, "-o", tmp_path / "f.csv")
     assert code == 2 and "junk.ckpt" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "f.csv").exists()

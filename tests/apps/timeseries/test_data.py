@@ -135,3 +135,20 @@ def test_step_index_and_auto_cycle_length():
     assert np.all(np.diff(step_index(m)) == 1)
     assert auto_cycle_len(h) == 24 and auto_cycle_len(q) == 96 and auto_cycle_len(d) == 7
     assert auto_cycle_len(m) == 12 and auto_cycle_len(pd.date_range("2021", periods=10, freq="7h")) == 0
+
+
+def test_cycle_chosen_from_the_data():
+    from apps.timeseries.data import detect_cycle
+
+    rng = np.random.default_rng(0)
+    days = pd.date_range("2000-01-01", periods=3000, freq="D")
+    walk = np.cumsum(rng.normal(size=(3000, 4)), 0)          # exchange-rate-like: no weekly pattern
+    assert detect_cycle(days, walk, step_index(days))[0] == 0
+    weekly = walk + 2 * np.sin(2 * np.pi * np.arange(3000) / 7)[:, None]
+    assert detect_cycle(days, weekly, step_index(days))[0] == 7
+    hours = pd.date_range("2000-01-01", periods=2000, freq="h")
+    daily = np.sin(2 * np.pi * np.arange(2000) / 24)[:, None] + 0.3 * rng.normal(size=(2000, 2))
+    assert detect_cycle(hours, daily, step_index(hours))[0] == 24
+    assert detect_cycle(hours, rng.normal(size=(2000, 2)), step_index(hours))[0] == 0
+    steps = pd.Index(np.arange(2000))                          # integer time: searched, no calendar
+    assert detect_cycle(steps, np.sin(2 * np.pi * np.arange(2000) / 13)[:, None])[0] == 13

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pandas as pd
+
 import pytest
 import torch
 
@@ -67,7 +70,7 @@ def test_linear_stage_config_is_checked():
         resolve_config("dlinear", overrides={"linear_stage": {"enabled": True}})
     with pytest.raises(UserError, match="linear_stage needs"):
         resolve_config("chimera", overrides={"linear_stage": {"enabled": True}, "model": {"linear_skip": False}})
-    with pytest.raises(UserError, match="unknown config key .linear_stage.epochs.; did you mean linear_stage.max_epochs"):
+    with pytest.raises(UserError, match="unknown linear_stage option"):
         resolve_config("spacetime", overrides={"linear_stage": {"epochs": 3}})
     with pytest.raises(UserError, match="linear_stage.loss"):
         resolve_config("spacetime", overrides={"linear_stage": {"loss": "l3"}})
@@ -80,7 +83,8 @@ def test_two_stage_training_keeps_the_branch_only_if_it_helps(tmp_path, branch_e
     from core.engine import load_module
 
     csv = make_csv(tmp_path / "d.csv", n=400)
-    over = {"linear_stage": {"enabled": True, "max_epochs": 3}, "model": {"d_model": 8, "d_state": 2}}
+    over = {"linear_stage": {"enabled": True, "max_epochs": 3}, "model": {"d_model": 8, "d_state": 2},
+            "min_steps_per_epoch": 0}
     # max_epochs 0: the branch is never trained, so it cannot beat stage 1 and must be dropped
     r = train(str(csv), "spacetime", 32, 8, str(tmp_path / "run"), overrides=over, max_epochs=branch_epochs,
               seed=0, progress=False)
@@ -104,9 +108,31 @@ def test_cli_two_stage_reports_the_linear_path(tmp_path, run_cli):
     code, out, err = run_cli("train", "--data", csv, "--model", "chimera", "--seq-len", 24, "--pred-len", 6,
                              "--out", tmp_path / "run", "--max-epochs", 1, "--seed", 0,
                              "--set", "linear_stage.enabled=true", "--set", "linear_stage.max_epochs=2",
+                             "--set", "min_steps_per_epoch=0",
                              "--set", "model.d_model=8", "--set", "model.d_state=2")
     assert code == 0, err
     assert "linear path alone: test MSE" in out
     code, out, err = run_cli("train", "--data", csv, "--model", "dlinear", "--out", tmp_path / "run2",
                              "--set", "linear_stage.enabled=true")
     assert code == 2 and "linear_stage needs" in err and not (tmp_path / "run2").exists()
+
+
+def test_model_specific_defaults():
+    d, st = resolve_config("dlinear"), resolve_config("spacetime")
+    assert d["lr"] == 5e-3 and d["loss"] == "mse" and not d["linear_stage"]["enabled"]
+    assert st["linear_stage"]["enabled"] and st["loss"] == "mse" and st["lr"] == 1e-3
+    assert not resolve_config("chimera", overrides={"linear_stage": {"enabled": False}})["linear_stage"]["enabled"]
+
+
+def test_short_series_schedule_counts_groups_of_passes(tmp_path):
+    # a weekly series as short as TSLib's illness set: ~7 steps per pass -> passes grouped
+    n = 300
+    t = np.arange(n)
+    df = pd.DataFrame({"date": pd.date_range("2002-01-06", periods=n, freq="7D").strftime("%Y-%m-%d"),
+                       "a": np.sin(2 * np.pi * t / 52) + 0.1 * t / n, "OT": np.cos(2 * np.pi * t / 52)})
+    csv = tmp_path / "weekly.csv"
+    df.to_csv(csv, index=False)
+    r = train(str(csv), "dlinear", 36, 18, str(tmp_path / "run"), seed=0, progress=False,
+              overrides={"max_epochs": 2, "patience": 100})
+    steps = (int(n * 0.7) - 36 - 18 + 1) // 32
+    assert r["epoch_group"] == -(-100 // steps) and r["epochs"] == 2 * r["epoch_group"]

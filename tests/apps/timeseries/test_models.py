@@ -25,11 +25,15 @@ def test_spacetime_channel_mixing_shapes():
 
 def test_spacetime_forecast_uses_closed_loop_decoder_equal_to_open_loop():
     torch.manual_seed(0)
-    m = SpaceTime(32, 20, 2, 2, d_model=8, d_state=6, linear_skip=False, dropout=0.0).double().eval()
+    m = SpaceTime(32, 20, 2, 2, d_model=8, d_state=6, linear_skip=False, dropout=0.0, revin=False).double().eval()
     seen = {}
-    m.decoder.register_forward_hook(lambda mod, inp, out: seen.update(u=inp[0], y=out))
-    m(torch.randn(3, 32, 2, dtype=torch.float64))
-    torch.testing.assert_close(seen["y"], m.decoder.forecast_recurrent(seen["u"], 20), rtol=1e-9, atol=1e-10)
+    m.norm.register_forward_hook(lambda mod, inp, out: seen.update(u=out))  # the decoder's input
+    y = m(torch.randn(3, 32, 2, dtype=torch.float64))
+    ref = m.head(m.decoder.forecast_recurrent(seen["u"], 20))              # (B*C, 20, 1), step by step
+    torch.testing.assert_close(y, ref.reshape(3, 2, 20).transpose(1, 2), rtol=1e-9, atol=1e-10)
+    # the folded read-out equals the decoder output followed by the linear head
+    torch.testing.assert_close(m.decoder.forward_projected(seen["u"], 20, m.head.weight, m.head.bias),
+                               m.head(m.decoder(seen["u"], 20)), rtol=1e-10, atol=1e-12)
 
 
 def test_chimera_scan_methods_agree_and_variates_interact():

@@ -128,7 +128,12 @@ def test_memory_check_catches_the_reference():
 
 def test_fallback_when_c_kernel_missing(monkeypatch):
     monkeypatch.setattr(cpu_build, "load", lambda: None)
-    check_against_ref("cpu", ss_inputs(L=9))
+    check_against_ref("auto", ss_inputs(L=9))              # auto takes the pure-torch scan
+    with pytest.raises(ValueError, match="cannot run here"):
+        check_against_ref("cpu", ss_inputs(L=9))           # and "cpu" by name says it is not there
+    x = ss_inputs(L=9)                                     # the function itself still falls back
+    torch.testing.assert_close(cpu_scan.selective_scan_cpu(x["u"], x["delta"], x["A"], x["B"], x["C"]),
+                               selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend="torch"))
 
 
 def test_threads_split_channels():
