@@ -72,6 +72,24 @@ def test_every_app_has_an_extra_and_a_console_script():
     assert set(meta["dependencies"]) & {f"{lib}" for lib in APP_LIBRARIES} == set()
 
 
+@pytest.mark.parametrize("app", _apps())
+def test_missing_extra_is_one_line_exit_2(app, tmp_path):
+    # A stub that makes every app library unimportable, as on a base-only install.
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {APP_LIBRARIES!r}:\n"
+        "            raise ModuleNotFoundError(f\"No module named '{name}'\", name=name)\n"
+        "sys.meta_path.insert(0, _Block())\n")
+    res = subprocess.run([sys.executable, "-m", f"apps.{app}.cli", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, env=_clean_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}"), timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and f'ssm-pipelines[{app}]' in lines[0], res.stderr
+
+
 @pytest.mark.slow
 def test_built_wheel_compiles_scan_in_fresh_venv(tmp_path):
     src = tmp_path / "src"

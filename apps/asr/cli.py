@@ -168,7 +168,7 @@ def cmd_demo(args) -> int:
 
 def build_cli() -> AppCLI:
     cli = AppCLI("ssm-asr", "Samba-ASR speech recognition (Mamba encoder + Mamba decoder, CTC, streaming, "
-                 "long-form).", examples=__doc__.split("\n\n")[1])
+                 "long-form).", examples=__doc__.split("\n\n")[1], extra=("asr", EXTRA))
     k = cli.command("tokenizer", "train a SentencePiece model on the transcripts of a corpus", cmd_tokenizer)
     k.add_required("--data", nargs="+", default=None, help="corpus folder(s) or manifest(s) (required)")
     k.add_argument("--vocab-size", type=int, default=256, help="number of pieces (default 256)")

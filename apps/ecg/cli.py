@@ -89,7 +89,8 @@ def cmd_demo(args) -> int:
 
 def build_cli() -> AppCLI:
     cli = AppCLI("ssm-ecg", "12-lead ECG multi-label classification (CNN + bidirectional Mamba) on WFDB / "
-                 "PhysioNet Challenge records.", examples=__doc__.split("\n", 2)[2].rstrip())
+                 "PhysioNet Challenge records.", examples=__doc__.split("\n", 2)[2].rstrip(),
+                 extra=("ecg", ["wfdb", "scipy"]))
 
     t = cli.train("train a classifier on a folder of WFDB records", cmd_train)
     t.add_required("--data", nargs="+", default=None,

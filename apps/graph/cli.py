@@ -43,6 +43,7 @@ def cmd_train(args) -> int:
               strategy=args.strategy, precision=args.precision)
     from .train import cross_validate, resolve_config, train
 
+    resolve_config(cfg, ov)  # strict keys before any data is read
     if args.folds:
         models = list(dict.fromkeys([resolve_config(cfg, ov)["model"]["layer"], *args.compare]))
         res = cross_validate(args.data, args.out, args.folds, task=args.task, config=cfg, overrides=ov,
@@ -103,7 +104,8 @@ def cmd_demo(args) -> int:
 
 
 def build_cli() -> AppCLI:
-    cli = AppCLI("ssm-graph", __doc__.splitlines()[0], examples="\n".join(__doc__.splitlines()[2:]))
+    cli = AppCLI("ssm-graph", __doc__.splitlines()[0], examples="\n".join(__doc__.splitlines()[2:]),
+                 extra=("graph", list(EXTRA)))
     t = cli.train(help="train (best epoch by validation) and test, or k-fold cross-validate", fn=cmd_train)
     t.add_required("--data", default=None,
                    help="TU folder, Peptides-func folder, edge-list folder or SMILES CSV (required)")

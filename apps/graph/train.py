@@ -25,7 +25,10 @@ TRAIN_DEFAULTS: Dict[str, Any] = dict(
 
 
 def resolve_config(config: Optional[Dict] = None, overrides: Optional[Dict] = None) -> Dict[str, Any]:
-    """defaults <- config file <- overrides; unknown keys (top level and in ``model``) are errors."""
+    """defaults <- config file <- overrides; an unknown key at any depth is a one-line error."""
+    from core.engine.cli import check_keys
+    check_keys(config or {}, TRAIN_DEFAULTS, "--config")
+    check_keys(overrides or {}, TRAIN_DEFAULTS, "--set")
     cfg = merge_config(TRAIN_DEFAULTS, config or {}, overrides or {})
     unknown = sorted(set(cfg["model"]) - set(DEFAULTS))
     if unknown:

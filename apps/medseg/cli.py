@@ -117,7 +117,8 @@ def cmd_demo(args) -> int:
 
 def build_cli() -> AppCLI:
     cli = AppCLI("ssm-medseg", "3-D UNet-Mamba segmentation of NIfTI volumes",
-                 examples=__doc__.split("\n\n", 1)[1].rstrip())
+                 examples=__doc__.split("\n\n", 1)[1].rstrip(),
+                 extra=("medseg", ["monai", "nibabel", "scipy", "skimage"]))
 
     s = cli.train("MambaMIM self-supervised pretraining on unlabelled volumes", cmd_pretrain, name="pretrain")
     s.add_argument("--images", nargs="+", default=None,

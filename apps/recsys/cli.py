@@ -57,14 +57,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    ckpt = resolve_checkpoint(args.checkpoint)   # path checks before torch loads
+    require_paths(args.data, "--data", kind="file")
+    check_new_output(args.out, args.overwrite)
     from core.engine import write_json
 
     from .data import load_dataset
     from .infer import evaluate_split, load_checkpoint
 
-    ckpt = resolve_checkpoint(args.checkpoint)
-    require_paths(args.data, "--data", kind="file")
-    check_new_output(args.out, args.overwrite)
     module = load_checkpoint(ckpt).to(args.device)
     cfg_path = ckpt.parent.parent / "config.json"
     umin = imin = 5
@@ -131,7 +131,8 @@ def cmd_demo(args) -> int:
 
 
 def build_cli() -> AppCLI:
-    cli = AppCLI("ssm-recsys", __doc__.splitlines()[0], examples="\n".join(__doc__.splitlines()[2:]))
+    cli = AppCLI("ssm-recsys", __doc__.splitlines()[0], examples="\n".join(__doc__.splitlines()[2:]),
+                 extra=("recsys", ["pandas"]))
     t = cli.train(help="train by RecBole's sequential protocol, then test (full ranking)", fn=cmd_train)
     _add_data_args(t)
     t.add_argument("--model", default="tim4rec", choices=MODEL_NAMES, help="network (default tim4rec)")

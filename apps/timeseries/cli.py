@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from core.engine import (UserError, add_trainer_args, cli_main, ensure_new, load_config, parse_set_pairs,
+from core.engine import (UserError, add_trainer_args, cli_main, require_extra, ensure_new, load_config, parse_set_pairs,
                          write_json)
 
 
@@ -182,6 +182,7 @@ def cmd_demo(args) -> int:
 
 @cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    require_extra("timeseries", ["pandas", "matplotlib"])
     args = build_parser().parse_args(argv)
     return {"train": cmd_train, "evaluate": cmd_evaluate, "forecast": cmd_forecast, "demo": cmd_demo}[args.cmd](args)
 

@@ -42,7 +42,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .config import deep_update, load_config, parse_max_time, parse_set_pairs
 from .errors import EXIT_BAD_INPUT, EXIT_OK, UserError
@@ -213,7 +213,11 @@ class AppCLI:
     called with the parsed ``args`` (it returns an exit code or None).
     """
 
-    def __init__(self, prog: str, description: str, examples: str = ""):
+    def __init__(self, prog: str, description: str, examples: str = "",
+                 extra: Optional[Tuple[str, Sequence[str]]] = None):
+        """``extra=(app, modules)``: the app's extra and its third-party import names, checked by
+        :meth:`main` before anything else (a missing one is one line and exit 2, never a traceback)."""
+        self.extra = extra
         epilog = (examples.rstrip() + "\n\n" if examples else "") + PRECEDENCE
         self.parser = AppParser(prog=prog, description=description, epilog=epilog)
         self._sub = self.parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
@@ -258,7 +262,12 @@ class AppCLI:
         """Parse and call the verb's ``fn`` under :func:`core.engine.cli_main`'s exit-code rule."""
         from .errors import cli_main
 
-        return cli_main(_dispatch)(self, argv)
+        def run(cli, argv):
+            if cli.extra:
+                require_extra(*cli.extra)
+            return _dispatch(cli, argv)
+
+        return cli_main(run)(self, argv)
 
 
 def _dispatch(cli: AppCLI, argv) -> Optional[int]:
@@ -591,7 +600,13 @@ def rank_zero_print(*args, **kwargs) -> None:
 def require_extra(app: str, modules: Iterable[str]) -> None:
     """Exit 2 with ``ssm-APP needs the APP extra: pip install "ssm-pipelines[APP]"`` when any of
     ``modules`` (third-party import names) is not installed. Does not import them."""
-    missing = [m for m in modules if importlib.util.find_spec(m.split(".")[0]) is None]
+    def importable(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name.split(".")[0]) is not None
+        except (ImportError, ValueError):  # a broken or blocked install counts as missing
+            return False
+
+    missing = [m for m in modules if not importable(m)]
     if missing:
         raise UserError(f'ssm-{app} needs the {app} extra: pip install "ssm-pipelines[{app}]" '
                         f"(missing: {', '.join(missing)})")
