@@ -32,3 +32,17 @@ def shared_data(relpath: str, *required: str) -> Path:
                 pytest.fail(f"{msg} (CI=true: tests on ../shared/data must run, not skip)", pytrace=False)
             pytest.skip(msg)
     return root.resolve()
+
+
+def cli_runner(main, capsys):
+    """``run(*args) -> (exit code, stdout, stderr)``: an app's console ``main`` called in-process."""
+
+    def run(*args):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 2
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

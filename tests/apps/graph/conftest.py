@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import cli_runner
+
 DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "graph"
 
 
@@ -50,16 +52,7 @@ def tiny_run(tiny_tu, tmp_path_factory) -> Path:
 def run_cli(capsys):
     """Run ``ssm-graph ARGS`` in-process: (exit code, stdout, stderr)."""
     from apps.graph.cli import main
-
-    def run(*args):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 2
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
+    return cli_runner(main, capsys)
 
 
 def write_tu_files(folder: Path, name: str, files: dict) -> Path:

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 
 from apps.recsys.cli import main
-from tests.conftest import shared_data
-
+from tests.conftest import cli_runner, shared_data
 
 
 @pytest.fixture(scope="session")
@@ -41,13 +40,4 @@ def tiny_run(tmp_path_factory, synth):
 @pytest.fixture
 def run_cli(capsys):
     """Run ``ssm-recsys ARGS`` in-process: returns (exit code, stdout, stderr)."""
-
-    def run(*args):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 2
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
+    return cli_runner(main, capsys)

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from apps.timeseries.cli import main
+from tests.conftest import cli_runner
 
 
 def make_csv(path, n=400, freq="h", n_vars=3, seed=0, start="2022-01-01"):
@@ -22,13 +23,4 @@ def make_csv(path, n=400, freq="h", n_vars=3, seed=0, start="2022-01-01"):
 @pytest.fixture
 def run_cli(capsys):
     """Run ``ssm-timeseries ARGS`` in-process: returns (exit code, stdout, stderr)."""
-
-    def run(*args):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 2
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
+    return cli_runner(main, capsys)
