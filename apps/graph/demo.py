@@ -8,7 +8,8 @@ from typing import List, Tuple
 
 import numpy as np
 
-from core.engine import atomic_write, prepare_run_dir, write_json
+from core.engine import atomic_write, write_json
+from core.engine.cli import prepare_demo_dir
 
 
 def synthetic_graphs(n_graphs: int, seed: int = 0) -> List[Tuple[int, np.ndarray, np.ndarray]]:
@@ -62,7 +63,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, max_epochs
     from .infer import evaluate, load_checkpoint, predict
     from .train import train
 
-    out = prepare_run_dir(out, overwrite, clear=("data", "new", "gmn", "gin", "predictions.csv", "summary.json"))
+    out = prepare_demo_dir(out, overwrite)  # a folder an earlier demo made is reused as written
     data = write_tu(synthetic_graphs(160, seed), out / "data")
     new = synthetic_graphs(20, seed + 1)
     write_tu([(0, nl, e) for _, nl, e in new], out / "new")

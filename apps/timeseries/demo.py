@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.engine import atomic_write, prepare_run_dir, write_json
+from core.engine import atomic_write, write_json
+from core.engine.cli import prepare_demo_dir
 
 
 def synthetic_csv(path: str | Path, n: int = 1500, n_vars: int = 4, seed: int = 0, freq: str = "h",
@@ -49,7 +50,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, models=("c
     from .infer import data_for, forecast, load_checkpoint, write_forecast
     from .train import train
 
-    out = prepare_run_dir(out, overwrite)
+    out = prepare_demo_dir(out, overwrite)  # a folder an earlier demo made is reused as written
     csv = synthetic_csv(out / "data.csv", seed=seed, overwrite=True)
     small = {"chimera": dict(d_model=16, d_state=2), "spacetime": dict(d_model=16, d_state=8, n_layers=1),
              "dlinear": {}}
