@@ -44,6 +44,7 @@ APPS = {
     "recsys": ("apps.recsys.cli", ["--data"], _inter),
     "asr": ("apps.asr.cli", ["--data"], _folder),
     "graph": ("apps.graph.cli", ["--data"], _folder),
+    "timeseries": ("apps.timeseries.cli", ["--model", "dlinear", "--data"], _csv),
 }
 
 

@@ -1,30 +1,38 @@
 """``ssm-timeseries``: train / evaluate / forecast multivariate series from CSV, plus a self-contained demo.
 
-  ssm-timeseries train --data ETTh1.csv --model chimera --seq-len 96 --pred-len 96 --out runs/c96
-  ssm-timeseries evaluate --checkpoint runs/c96/checkpoints/best.ckpt --data ETTh1.csv
-  ssm-timeseries forecast --checkpoint runs/c96/checkpoints/best.ckpt --data ETTh1.csv -o next.csv --plot next.png
-  ssm-timeseries demo --out demo_out/timeseries
+  ssm-timeseries train --data ETTh1.csv --model chimera --seq-len 96 --pred-len 96 -o runs/c96
+  ssm-timeseries evaluate --checkpoint runs/c96 --data ETTh1.csv
+  ssm-timeseries forecast --checkpoint runs/c96 -i ETTh1.csv -o next.csv --plot next.png
+  ssm-timeseries train --resume runs/c96          # continue an interrupted run
+  ssm-timeseries demo -o demo_out/timeseries
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from core.engine import (UserError, add_trainer_args, cli_main, require_extra, ensure_new, load_config, parse_set_pairs,
-                         write_json)
+from core.engine import (AppCLI, UserError, check_new_output, deprecate, hardware_kwargs, is_rank_zero,
+                         require_paths, resolve_checkpoint)
+
+# the model names, without importing torch (apps/timeseries/models registers the same three; tested)
+MODEL_NAMES = ("chimera", "dlinear", "spacetime")
 
 
-def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--data", required=required, help="CSV with a date column and numeric columns")
+def _add_csv_args(p, data: str = "required") -> None:
+    """``--data`` ("required", "optional" or "none": forecast names its input -i) and the CSV reading flags."""
+    if data == "required":
+        p.add_required("--data", default=None, help="CSV with a time column and numeric columns (required)")
+    elif data == "optional":
+        p.add_argument("--data", default=None, help="CSV with a time column and numeric columns "
+                                                    "(required unless --resume)")
     p.add_argument("--date-col", default=None, help="name of the date column (default: auto-detect)")
     p.add_argument("--fill", action="store_true",
-                   help="interpolate missing values (default: missing values are an error)")
+                   help="fill missing values and gaps in the time grid by interpolation (default: an error)")
 
 
-def _add_read_args(p: argparse.ArgumentParser) -> None:
+def _add_read_args(p) -> None:
     g = p.add_argument_group("reading the CSV (saved in the checkpoint; evaluate/forecast reuse it)")
     g.add_argument("--time-cols", default=None, metavar="COLS",
                    help="time from several columns, e.g. year,month,day,hour (or one column of integer steps)")
@@ -45,51 +53,8 @@ def _read_options(args):
                        fill=args.fill)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .models import MODELS
-
-    ap = argparse.ArgumentParser(prog="ssm-timeseries", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
-    t = sub.add_parser("train", help="train a forecaster (Time-Series-Library protocol), then test it")
-    _add_data_args(t, required=False)  # required unless --resume
-    t.add_argument("--model", default=None, choices=sorted(MODELS), help="required unless --resume")
-    t.add_argument("--seq-len", type=int, default=96)
-    t.add_argument("--pred-len", type=int, default=96)
-    t.add_argument("--features", default="M", choices=["M", "S", "MS"],
-                   help="M: all->all, S: target->target, MS: all->target")
-    t.add_argument("--target", default=None, help="target column (default: OT if present, else the last)")
-    _add_read_args(t)
-    t.add_argument("--resume", default=None, metavar="RUN",
-                   help="continue the interrupted run in RUN from its last.ckpt (same data and options)")
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    add_trainer_args(t, out_required=False)
-
-    e = sub.add_parser("evaluate", help="MSE/MAE of a checkpoint on the test (or val) split")
-    e.add_argument("--checkpoint", required=True)
-    _add_data_args(e)
-    e.add_argument("--split", default="test", choices=["test", "val"])
-    e.add_argument("-o", "--output", default=None, help="also write the metrics as JSON")
-    e.add_argument("--overwrite", action="store_true")
-
-    f = sub.add_parser("forecast", help="forecast the pred_len steps after the end of the file")
-    f.add_argument("--checkpoint", required=True)
-    _add_data_args(f)
-    f.add_argument("-o", "--output", required=True, help="forecast CSV (date + forecast columns)")
-    f.add_argument("--plot", default=None, help="also draw history + forecast into this PNG")
-    f.add_argument("--overwrite", action="store_true")
-
-    d = sub.add_parser("demo", help="synthetic data -> brief training -> evaluate -> forecast (no downloads)")
-    d.add_argument("--out", required=True)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--overwrite", action="store_true")
-    return ap
-
-
-def _default_target(path: str, target: Optional[str], columns: Optional[str] = None) -> Optional[str]:
-    if target is not None or columns:
+def _default_target(path: Optional[str], target: Optional[str], columns: Optional[str] = None) -> Optional[str]:
+    if target is not None or columns or path is None:
         return target
     try:
         import pandas as pd
@@ -101,33 +66,35 @@ def _default_target(path: str, target: Optional[str], columns: Optional[str] = N
 
 
 def cmd_train(args) -> int:
-    from core.engine import trainer_kwargs_from_args
-
+    if args.resume is None:
+        missing = [f for f, v in (("--data", args.data), ("--model", args.model), ("-o/--out", args.out)) if v is None]
+        if missing:
+            raise UserError("train", f"{', '.join(missing)} required (or --resume RUN)")
+        require_paths(args.data, "--data", kind="file")
+        if is_rank_zero():  # DDP: the ranks Lightning relaunches find rank 0's folder already made
+            check_new_output(args.out, args.overwrite, folder=True)
+    else:
+        if not Path(args.resume).is_dir():
+            raise UserError(args.resume, "cannot resume: no such run folder (--resume)")
+    if args.config:
+        require_paths(args.config, "--config", kind="file")
     from .interrupt import TrainingInterrupted
     from .train import train
 
-    if args.resume is None:
-        missing = [f for f, v in (("--data", args.data), ("--model", args.model), ("--out", args.out)) if v is None]
-        if missing:
-            raise UserError("train", f"{', '.join(missing)} required (or --resume RUN)")
-    cfg = load_config(args.config)
-    overrides = parse_set_pairs(args.set_pairs)
-    for key in ("batch_size", "lr"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    tk = trainer_kwargs_from_args(args)
-    max_epochs, max_time = tk.pop("max_epochs"), tk.pop("max_time")
     try:
         res = train(args.data, args.model, args.seq_len, args.pred_len, args.out, features=args.features,
                     target=_default_target(args.data, args.target, args.columns), date_col=args.date_col,
-                    fill=args.fill, config=cfg, overrides=overrides, max_epochs=max_epochs, max_time=max_time,
-                    seed=args.seed, overwrite=args.overwrite, trainer_kwargs=tk, num_workers=args.num_workers,
+                    fill=args.fill, config=args.config, overrides={"batch_size": args.batch_size, "lr": args.lr},
+                    set_pairs=args.set_pairs, max_epochs=args.max_epochs, max_time=args.max_time, seed=args.seed,
+                    overwrite=args.overwrite, trainer_kwargs=hardware_kwargs(args), num_workers=args.num_workers,
                     read=_read_options(args), resume=args.resume)
     except TrainingInterrupted as e:  # exit 143 (SIGTERM) / 130 (SIGINT): never mistaken for success
         run = e.run_dir.parent if e.run_dir.name == "linear_stage" else e.run_dir
         print(f"error: {e}; no metrics written. Continue with: ssm-timeseries train --resume {run}",
               file=sys.stderr)
         return e.exit_code
+    if res is None:  # a DDP rank other than 0: rank 0 reports
+        return 0
     rep = {k: v for k, v in res.get("data_report", {}).items() if k not in ("rows_read", "time_columns")}
     if rep:
         print("data: " + json.dumps(rep))
@@ -144,32 +111,27 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .infer import data_for, evaluate_split, load_checkpoint
+    resolve_checkpoint(args.checkpoint)  # path checks before torch loads
+    require_paths(args.data, "--data", kind="file")
+    check_new_output(args.out, args.overwrite)
+    from .infer import evaluate_file
 
-    if args.output:
-        ensure_new(args.output, args.overwrite)
-    module = load_checkpoint(args.checkpoint)
-    data = data_for(module, args.data, fill=args.fill, date_col=args.date_col)
-    res = evaluate_split(module, data, args.split)
-    res = dict(split=args.split, data=args.data, checkpoint=args.checkpoint, **res)
-    print(json.dumps(res, indent=2))
-    if args.output:
-        write_json(args.output, res, overwrite=args.overwrite)
+    evaluate_file(args.checkpoint, args.data, args.split, args.out, overwrite=args.overwrite, fill=args.fill,
+                  date_col=args.date_col, device=args.device, num_workers=args.num_workers)
     return 0
 
 
 def cmd_forecast(args) -> int:
-    from .infer import check_outputs, data_for, forecast, load_checkpoint, write_forecast
-
-    check_outputs([args.output, args.plot], args.overwrite)
+    resolve_checkpoint(args.checkpoint)
+    require_paths(args.input, "-i/--input", kind="file")
+    check_new_output(args.out, args.overwrite)
+    check_new_output(args.plot, args.overwrite)
     if args.plot and not str(args.plot).lower().endswith(".png"):
         raise UserError(args.plot, "--plot must name a .png file")
-    module = load_checkpoint(args.checkpoint)
-    data = data_for(module, args.data, fill=args.fill, date_col=args.date_col, for_forecast=True)
-    df = forecast(module, data)
-    write_forecast(df, data, args.output, args.plot, overwrite=args.overwrite)
-    print(f"wrote {len(df)} steps ({df['date'].iloc[0]} .. {df['date'].iloc[-1]}) to {args.output}"
-          + (f" and {args.plot}" if args.plot else ""))
+    from .infer import forecast_file
+
+    forecast_file(args.checkpoint, args.input, args.out, args.plot, overwrite=args.overwrite, fill=args.fill,
+                  date_col=args.date_col, plot_columns=args.plot_columns, device=args.device)
     return 0
 
 
@@ -180,11 +142,47 @@ def cmd_demo(args) -> int:
     return 0
 
 
-@cli_main
+def build_cli() -> AppCLI:
+    cli = AppCLI("ssm-timeseries", __doc__.splitlines()[0], examples=__doc__.split("\n", 2)[2].rstrip(),
+                 extra=("timeseries", ["pandas", "matplotlib"]))
+
+    t = cli.train("train a forecaster (Time-Series-Library protocol), then test it", cmd_train,
+                  out_help="run folder: checkpoints/, logs/, config.json, metrics.json (required unless --resume)",
+                  out_required=False)
+    _add_csv_args(t, data="optional")
+    t.add_argument("--model", default=None, choices=MODEL_NAMES, help="forecaster (required unless --resume)")
+    t.add_argument("--seq-len", type=int, default=96, help="input window length in rows (default 96)")
+    t.add_argument("--pred-len", type=int, default=96, help="forecast horizon in rows (default 96)")
+    t.add_argument("--features", default="M", choices=["M", "S", "MS"],
+                   help="M: all->all (default), S: target->target, MS: all->target")
+    t.add_argument("--target", default=None, help="target column (default: OT if present, else the last)")
+    _add_read_args(t)
+    t.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the interrupted run in RUN from its last.ckpt (same data and options)")
+    t.add_argument("--batch-size", type=int, default=None, help="training batch size (default 32)")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3; DLinear 5e-3)")
+
+    e = cli.evaluate("MSE/MAE of a checkpoint on the test (or val) split", cmd_evaluate)
+    _add_csv_args(e)
+    e.add_argument("--split", default="test", choices=["test", "val"], help="which split to score (default test)")
+    deprecate(e, "--output", "--out")
+
+    f = cli.predict("forecast the pred_len steps after the end of the file", cmd_forecast, name="forecast",
+                    out_help="forecast CSV (date + one column per forecast variable)", workers=False)
+    f.add_required("-i", "--input", default=None, help="CSV whose last seq_len rows are the model's input (required)")
+    _add_csv_args(f, data="none")
+    f.add_argument("--plot", default=None, metavar="PNG", help="also draw history + forecast into this PNG")
+    f.add_argument("--plot-columns", nargs="+", default=None, metavar="COL",
+                   help="columns to draw (default: every forecast column)")
+    deprecate(f, "--data", "--input")
+    deprecate(f, "--output", "--out")
+
+    cli.demo("synthetic data -> brief training -> evaluate -> forecast (no downloads)", cmd_demo)
+    return cli
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    require_extra("timeseries", ["pandas", "matplotlib"])
-    args = build_parser().parse_args(argv)
-    return {"train": cmd_train, "evaluate": cmd_evaluate, "forecast": cmd_forecast, "demo": cmd_demo}[args.cmd](args)
+    return build_cli().main(argv)
 
 
 if __name__ == "__main__":

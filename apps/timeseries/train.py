@@ -1,10 +1,10 @@
-"""Training: a LightningModule around any forecaster, early stopping on validation MSE.
+"""Training: the Time-Series-Library protocol for any forecaster, early stopping on validation MSE.
 
 With ``linear_stage.enabled`` (SpaceTime, Chimera) training runs in two stages: the linear path
 (skip map + residual cycle) is fitted alone first, with its own recipe; then the SSM branch learns the
 residual, starting from a zero output, with that path frozen (``linear_stage.freeze``). The branch is
 kept only if it lowers the validation MSE; otherwise the stage-1 checkpoint is the result.
-``max_epochs`` and the other top-level options drive stage 2; ``max_time`` bounds each stage.
+``max_epochs`` and the other top-level options drive stage 2; ``max_time`` bounds both stages together.
 """
 from __future__ import annotations
 
@@ -12,20 +12,18 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
-import lightning as L
-import torch
-import torch.nn.functional as F
-
-from core.engine import (UserError, best_or_last_checkpoint, configure_optimizers, load_module, make_trainer,
-                         merge_config, prepare_run_dir, seed_everything, write_json)
+from core.engine import (Deadline, UserError, atomic_path, best_or_last_checkpoint, is_rank_zero, load_module,
+                         make_trainer, merge_config, prepare_run_dir, seed_everything, write_json)
+from core.engine import resolve_config as resolve_strict
 
 from .alloc import keep_freed_memory
 from .csvread import ReadOptions
 from .data import SeriesData, detect_cycle, load_series
 from .interrupt import SaveOnInterrupt, TrainingInterrupted, fit_interruptible
-from .models import MODELS, build_model, linear_path, set_linear_only, zero_branch_output
+from .models import MODELS, zero_branch_output
+from .module import STAGES, ForecastModule  # noqa: F401  (public names kept here)
 
 # Per-model defaults, tuned on ETTh1 validation (see bench/RESULTS.md, "## timeseries").
 MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -57,93 +55,23 @@ MODEL_TRAIN_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "spacetime": dict(loss="mse", linear_stage=dict(enabled=True)),
     "chimera": dict(loss="mse", linear_stage=dict(enabled=True)),
 }
-STAGES = ("joint", "linear", "residual")
 
 
-class ForecastModule(L.LightningModule):
-    """Wraps ``MODELS[model_name]``; everything needed to rebuild data and model is a hyperparameter."""
-
-    def __init__(self, model_name: str, model_cfg: Dict[str, Any], seq_len: int, pred_len: int,
-                 enc_in: int, c_out: int, lr: float = 1e-3, weight_decay: float = 0.0,
-                 loss: str = "mse", lr_decay: float = 0.5, data_info: Optional[Dict[str, Any]] = None,
-                 cycle_len: int = 0, lr_hold: int = 0, stage: str = "joint", lr_period: int = 1):
-        super().__init__()
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        self.save_hyperparameters()
-        self.model = build_model(model_name, seq_len, pred_len, enc_in, c_out, cycle_len=cycle_len, **model_cfg)
-        if stage != "joint":
-            # "linear": the linear path alone; "residual": the SSM branch on top of a frozen linear path
-            set_linear_only(self.model, stage == "linear")
-            linear = {id(p) for p in linear_path(self.model)}
-            for p in self.model.parameters():
-                p.requires_grad_((id(p) in linear) == (stage == "linear"))
-
-    def forward(self, x: torch.Tensor, t_index: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x (B, seq_len, enc_in) scaled, t_index (B,) step index of each window's first row
-        (needed when ``cycle_len > 0``) -> (B, pred_len, c_out) scaled."""
-        if self.hparams.cycle_len > 0:
-            if t_index is None:
-                raise ValueError("this model removes a calendar cycle: pass t_index, the windows' step index")
-            return self.model(x, t_index)
-        return self.model(x)
-
-    def _loss(self, pred, y):
-        kind = self.hparams.loss
-        if kind == "mae":
-            return F.l1_loss(pred, y)
-        if kind == "huber":
-            return F.smooth_l1_loss(pred, y, beta=0.5)
-        return F.mse_loss(pred, y)
-
-    def training_step(self, batch, batch_idx):
-        x, y, t = batch
-        loss = self._loss(self(x, t), y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y, t = batch
-        pred = self(x, t)
-        # sums so the epoch value is the exact mean over all windows (last partial batch included)
-        self.log("val_loss", F.mse_loss(pred, y), on_epoch=True, prog_bar=True, batch_size=x.shape[0])
-
-    def configure_optimizers(self):
-        # trainable parameters only (a stage trains only its own part); TSLib "type1" decay is hold 0,
-        # decay 0.5; LTSF-Linear's "type3" is hold 3, decay 0.9
-        period = max(1, int(self.hparams.get("lr_period", 1)))  # passes per schedule epoch (small data)
-        if period == 1:
-            return configure_optimizers(self, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                        optimizer="adam", schedule="step_decay", decay=self.hparams.lr_decay,
-                                        hold=self.hparams.lr_hold)
-        from core.engine.optim import make_optimizer, step_decay
-
-        opt = make_optimizer(self, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, name="adam")
-        factor = step_decay(self.hparams.lr_decay, self.hparams.lr_hold)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda ep: factor(ep // period))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
-
-def resolve_config(model: str, config: Optional[Dict[str, Any]] = None,
-                   overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Defaults <- config file <- --set overrides; ``model`` holds the model's keyword arguments."""
+def resolve_config(model: str, config: Any = None, overrides: Optional[Dict[str, Any]] = None,
+                   set_pairs: Sequence[str] = ()) -> Dict[str, Any]:
+    """Defaults < ``config`` (a YAML/JSON path or a mapping) < ``overrides`` (explicit flags, dotted
+    keys allowed) < ``set_pairs`` (``--set k.sub=v``), strictly: an unknown key at any depth is one
+    line naming its closest valid names. ``model`` holds the model's keyword arguments."""
     if model not in MODELS:
         raise UserError("--model", f"unknown model {model!r}; choose from {sorted(MODELS)}")
     base = merge_config(dict(TRAIN_DEFAULTS, model=dict(MODEL_DEFAULTS[model])), MODEL_TRAIN_DEFAULTS.get(model, {}))
-    cfg = merge_config(base, config or {}, overrides or {})
-    unknown = sorted(set(cfg["model"]) - set(MODEL_DEFAULTS[model]))
-    if unknown:
-        raise UserError("config", f"unknown {model} option(s) {unknown}; known: {sorted(MODEL_DEFAULTS[model])}")
+    cfg = resolve_strict(base, config, overrides, set_pairs)
     if cfg["cycle"] != "auto" and (isinstance(cfg["cycle"], bool) or not isinstance(cfg["cycle"], int)
                                    or cfg["cycle"] < 0):
         raise UserError("config", f"cycle must be 'auto' or a number of steps >= 0 (0 = off), got {cfg['cycle']!r}")
     for where, c in (("loss", cfg), ("linear_stage.loss", cfg["linear_stage"])):
         if c["loss"] not in ("mse", "mae", "huber"):
             raise UserError("config", f"{where} must be mse, mae or huber, got {c['loss']!r}")
-    unknown = sorted(set(cfg["linear_stage"]) - set(TRAIN_DEFAULTS["linear_stage"]))
-    if unknown:
-        raise UserError("config", f"unknown linear_stage option(s) {unknown}; "
-                                  f"known: {sorted(TRAIN_DEFAULTS['linear_stage'])}")
     if cfg["linear_stage"]["enabled"]:
         if not cfg["model"].get("linear_skip", False):  # only the SSM models have the option
             raise UserError("config", f"linear_stage needs an SSM model with its linear skip path "
@@ -174,11 +102,12 @@ def data_info(data: SeriesData) -> Dict[str, Any]:
 
 def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, features: str = "M",
           target: Optional[str] = "OT", date_col: Optional[str] = None, fill: bool = False,
-          config: Optional[Dict[str, Any]] = None, overrides: Optional[Dict[str, Any]] = None,
-          max_epochs: Optional[int] = None, max_time: Optional[str] = None, seed: Optional[int] = None,
+          config: Any = None, overrides: Optional[Dict[str, Any]] = None,
+          max_epochs: Optional[int] = None, max_time: Optional[str] = None, seed: Optional[int] = 0,
           overwrite: bool = False, progress: bool = True, split: Optional[str] = None,
           trainer_kwargs: Optional[Dict[str, Any]] = None, num_workers: int = 0,
-          read: Optional[ReadOptions] = None, resume: Optional[str] = None) -> Dict[str, Any]:
+          read: Optional[ReadOptions] = None, resume: Optional[str] = None,
+          set_pairs: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
     """Train on ``data_path`` by the protocol, keep the best-validation checkpoint, test it.
 
     A SIGTERM/SIGINT raises :class:`interrupt.TrainingInterrupted` (exit 143/130 in the CLI) with
@@ -188,12 +117,18 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
     ``read`` says how to read the CSV (time columns, dropped/categorical columns, duplicates, gaps;
     :class:`csvread.ReadOptions`); it travels in the checkpoint for evaluate/forecast.
 
-    Writes under ``out``: checkpoints/best.ckpt, logs/, config.json, metrics.json. Returns the metrics.
+    ``config`` is a YAML/JSON path or a mapping, ``overrides`` the explicit flags, ``set_pairs``
+    the ``--set`` values (strict keys, in that precedence). ``max_time`` is the training budget of
+    both stages together; the final val/test scoring (one pass over each split) follows it.
+
+    Writes under ``out``: checkpoints/best.ckpt, logs/, config.json, metrics.json. Returns the metrics
+    (``None`` on the other ranks of a DDP run: only rank 0 scores and writes).
     """
     from lightning.pytorch.callbacks import EarlyStopping
 
     from .infer import evaluate_split
 
+    deadline = Deadline(max_time)
     saved = None
     if resume is not None:
         saved = _saved_run(resume)
@@ -201,9 +136,9 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
         seq_len, pred_len, features, target = saved["seq_len"], saved["pred_len"], saved["features"], saved["target"]
         seed, split, read = saved["seed"], saved.get("split"), ReadOptions.from_dict(saved["read"])
         date_col, fill = None, False
-        config, overrides = {k: saved[k] for k in TRAIN_DEFAULTS}, {}
+        config, overrides, set_pairs = {k: saved[k] for k in TRAIN_DEFAULTS}, {}, ()
     keep_freed_memory()
-    cfg = resolve_config(model, config, overrides)
+    cfg = resolve_config(model, config, overrides, set_pairs)
     if max_epochs is not None:
         cfg["max_epochs"] = max_epochs
     data = load_series(data_path, seq_len, pred_len, features, target, date_col, fill, split,
@@ -211,7 +146,8 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
     cycle_acf: Dict[str, float] = {}
     if saved is not None:
         out_dir, cycle_len, cycle_acf = Path(out), int(saved["cycle_len"]), saved.get("cycle_acf", {})
-        (out_dir / "interrupted.json").unlink(missing_ok=True)
+        if is_rank_zero():
+            (out_dir / "interrupted.json").unlink(missing_ok=True)
     else:
         out_dir = prepare_run_dir(out, overwrite, clear=("metrics.json", "config.json", "interrupted.json"))
         if cfg["cycle"] == "auto":  # the calendar's cycle, if the training rows show it
@@ -219,10 +155,11 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
         else:
             cycle_len = int(cfg["cycle"])
     seed_everything(seed)
-    write_json(out_dir / "config.json", dict(cfg, model_name=model, data=str(data_path), seq_len=seq_len,
-                                             pred_len=pred_len, features=features, target=data.target, seed=seed,
-                                             split=split, cycle_len=cycle_len, cycle_acf=cycle_acf,
-                                             read=data.read.to_dict()), overwrite=True)
+    if is_rank_zero():
+        write_json(out_dir / "config.json", dict(cfg, model_name=model, data=str(data_path), seq_len=seq_len,
+                                                 pred_len=pred_len, features=features, target=data.target,
+                                                 seed=seed, split=split, cycle_len=cycle_len, cycle_acf=cycle_acf,
+                                                 read=data.read.to_dict()), overwrite=True)
 
     n_train = len(data.dataset("train"))
 
@@ -242,7 +179,7 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
 
     def fit(module: ForecastModule, run_dir: Path, c: Dict[str, Any]):
         tk = dict(trainer_kwargs or {})
-        tk.setdefault("max_time", max_time)
+        tk["max_time"] = deadline.as_max_time()  # what is left of the budget of both stages
         k = epoch_group(c)  # > 1 on small data: schedule, patience and epoch limit count groups of k
         max_ep = c["max_epochs"] * k if not (c is cfg and max_epochs is not None) else c["max_epochs"]
         trainer = make_trainer(run_dir, max_epochs=max_ep, monitor="val_loss", progress=progress,
@@ -256,9 +193,10 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
                               data.loader("val", c["batch_size"], num_workers),
                               ckpt_path=str(last) if saved is not None and last.is_file() else None)
         except TrainingInterrupted as e:
-            write_json(out_dir / "interrupted.json",
-                       dict(signal=e.signum, exit_code=e.exit_code, stage=module.hparams.stage,
-                            epoch=int(trainer.current_epoch), checkpoint=str(e.checkpoint)), overwrite=True)
+            if is_rank_zero():
+                write_json(out_dir / "interrupted.json",
+                           dict(signal=e.signum, exit_code=e.exit_code, stage=module.hparams.stage,
+                                epoch=int(trainer.current_epoch), checkpoint=str(e.checkpoint)), overwrite=True)
             raise
         cb = trainer.checkpoint_callback
         best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else None
@@ -277,20 +215,24 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
             best1 = best1 or best_or_last_checkpoint(out_dir / "linear_stage")
             linear_module = load_module(best1, ForecastModule)
             stage1 = dict(val_mse=score1, epochs=ep1, train_time_s=round(s1, 1), checkpoint=str(best1))
-            write_json(done, stage1, overwrite=True)
+            if is_rank_zero():
+                write_json(done, stage1, overwrite=True)
         module = make("residual" if ls["freeze"] else "joint", cfg)
         module.model.load_state_dict(linear_module.model.state_dict())
         zero_branch_output(module.model)  # the branch starts at "no correction"
     else:
         module = make("joint", cfg)
     best, score, epochs, train_s = fit(module, out_dir, cfg)
+    if not is_rank_zero():  # DDP: the other ranks trained; rank 0 scores the whole splits and writes
+        return None
     if stage1 is not None:
         train_s += stage1["train_time_s"]
         stage1["branch_kept"] = score < stage1["val_mse"]
         if not stage1["branch_kept"]:  # the SSM branch never beat the linear path on validation
             best = out_dir / "checkpoints" / "best.ckpt"  # always the result
             best.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(stage1["checkpoint"], best)
+            with atomic_path(best, overwrite=True) as tmp:
+                shutil.copyfile(stage1["checkpoint"], tmp)
     if best is None:
         best = best_or_last_checkpoint(out_dir)
     module = load_module(best, ForecastModule)

@@ -167,9 +167,10 @@ def add_out_flag(p: AppParser, help: str, required: bool = True) -> None:
         p.add_argument("-o", "--out", default=None, metavar="PATH", help=help)
 
 
-def add_train_flags(p: AppParser, out_help: str = "run folder: checkpoints/, logs/, metrics.json") -> None:
+def add_train_flags(p: AppParser, out_help: str = "run folder: checkpoints/, logs/, metrics.json",
+                    out_required: bool = True) -> None:
     """Every standard flag of a training verb (see the module docstring)."""
-    add_out_flag(p, out_help)
+    add_out_flag(p, out_help, required=out_required)
     add_config_flags(p)
     add_seed_flag(p)
     p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs")
@@ -231,9 +232,10 @@ class AppCLI:
         return p
 
     def train(self, help: str, fn: Optional[Callable] = None, name: str = "train",
-              out_help: str = "run folder: checkpoints/, logs/, metrics.json") -> AppParser:
+              out_help: str = "run folder: checkpoints/, logs/, metrics.json", out_required: bool = True) -> AppParser:
+        """The training verb; ``out_required=False`` when another flag can name the run (``--resume``)."""
         p = self.command(name, help, fn, epilog=PRECEDENCE)
-        add_train_flags(p, out_help)
+        add_train_flags(p, out_help, out_required)
         return p
 
     def evaluate(self, help: str, fn: Optional[Callable] = None, name: str = "evaluate",

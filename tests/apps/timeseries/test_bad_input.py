@@ -95,6 +95,6 @@ def test_missing_file_and_bad_checkpoint(tmp_path, run_cli):
     ck = tmp_path / "junk.ckpt"
     ck.write_bytes(b"not a checkpoint")
     csv = make_csv(tmp_path / "ok.csv")
-    code, _, err = run_cli("forecast", "--checkpoint", ck, "--data", csv, "-o", tmp_path / "f.csv")
+    code, _, err = run_cli("forecast", "--checkpoint", ck, "-i", csv, "-o", tmp_path / "f.csv")
     assert code == 2 and "junk.ckpt" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "f.csv").exists()

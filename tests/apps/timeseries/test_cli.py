@@ -44,7 +44,7 @@ def test_evaluate_matches_training_metrics(trained, run_cli, tmp_path):
 def test_forecast_continues_timestamps_on_original_scale(trained, run_cli, tmp_path):
     csv, out = trained
     ck = out / "checkpoints" / "best.ckpt"
-    code, _, err = run_cli("forecast", "--checkpoint", ck, "--data", csv, "-o", tmp_path / "f.csv",
+    code, _, err = run_cli("forecast", "--checkpoint", ck, "-i", csv, "-o", tmp_path / "f.csv",
                            "--plot", tmp_path / "f.png")
     assert code == 0, err
     f = pd.read_csv(tmp_path / "f.csv")
@@ -56,15 +56,57 @@ def test_forecast_continues_timestamps_on_original_scale(trained, run_cli, tmp_p
     assert abs(f["v0"].mean() - src["v0"].iloc[-32:].mean()) < 2.0 and src["v0"].iloc[-32:].mean() > 2.5
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     # no overwrite without --overwrite
-    code, _, err = run_cli("forecast", "--checkpoint", ck, "--data", csv, "-o", tmp_path / "f.csv")
+    code, _, err = run_cli("forecast", "--checkpoint", ck, "-i", csv, "-o", tmp_path / "f.csv")
     assert code == 2 and "already exists" in err
 
 
 def test_forecast_on_a_longer_file_uses_its_end(trained, run_cli, tmp_path):
     csv, out = trained
     longer = make_csv(tmp_path / "longer.csv", n=340, freq="15min")
+    # the old spellings (--data, --output) still work, with one deprecation line each
     code, _, err = run_cli("forecast", "--checkpoint", out / "checkpoints" / "best.ckpt", "--data", longer,
-                           "-o", tmp_path / "g.csv")
+                           "--output", tmp_path / "g.csv")
     assert code == 0, err
+    assert "warning: --data is deprecated; use -i/--input" in err
+    assert "warning: --output is deprecated; use -o/--out" in err
     f = pd.read_csv(tmp_path / "g.csv")
     assert pd.Timestamp(f["date"].iloc[0]) == pd.Timestamp("2022-01-01") + pd.Timedelta(minutes=15 * 340)
+
+
+def test_forecast_plot_draws_every_column_with_a_title(trained, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from apps.timeseries.infer import data_for, forecast, load_checkpoint, write_forecast
+    from core.engine import UserError
+
+    csv, out = trained
+    module = load_checkpoint(out)  # a run folder works as --checkpoint
+    data = data_for(module, csv, for_forecast=True)
+    shown = {}
+    real_savefig = plt.Figure.savefig
+
+    def spy(fig, *a, **k):
+        shown["panels"] = [ax.get_ylabel() for ax in fig.axes]
+        shown["title"] = fig._suptitle.get_text() if fig._suptitle else ""
+        shown["ticks"] = len(fig.axes[-1].get_xticks())
+        return real_savefig(fig, *a, **k)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    write_forecast(forecast(module, data), data, tmp_path / "a.csv", tmp_path / "a.png")
+    assert shown["panels"] == ["v0", "v1", "OT"] and "forecast of the next 8 steps" in shown["title"]
+    assert shown["ticks"] <= 10
+    write_forecast(forecast(module, data), data, tmp_path / "b.csv", tmp_path / "b.png", plot_columns=["OT"])
+    assert shown["panels"] == ["OT"]
+    with pytest.raises(UserError, match="not forecast columns: nope"):
+        write_forecast(forecast(module, data), data, tmp_path / "c.csv", tmp_path / "c.png", plot_columns=["nope"])
+    assert not (tmp_path / "c.csv").exists()
+
+
+def test_model_names_known_without_torch_match_the_registry():
+    from apps.timeseries.cli import MODEL_NAMES
+    from apps.timeseries.models import MODELS
+
+    assert sorted(MODEL_NAMES) == sorted(MODELS)

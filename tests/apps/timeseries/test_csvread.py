@@ -148,7 +148,7 @@ def test_options_travel_in_the_checkpoint(raw, tmp_path, run_cli):
     assert code == 0, err
     assert json.loads((tmp_path / "e.json").read_text())["mse"] == pytest.approx(m["test"]["mse"], rel=1e-6)
     later = _write(raw.iloc[1500:1700].assign(cbwd="NW"), tmp_path / "later.csv")  # one level only
-    code, _, err = run_cli("forecast", "--checkpoint", ck, "--data", later, "-o", tmp_path / "f.csv")
+    code, _, err = run_cli("forecast", "--checkpoint", ck, "-i", later, "-o", tmp_path / "f.csv")
     assert code == 0, err
     f = pd.read_csv(tmp_path / "f.csv")
     assert list(f.columns) == ["date", "pm2.5", "TEMP", "DEWP"] and len(f) == 12

@@ -70,7 +70,7 @@ def test_linear_stage_config_is_checked():
         resolve_config("dlinear", overrides={"linear_stage": {"enabled": True}})
     with pytest.raises(UserError, match="linear_stage needs"):
         resolve_config("chimera", overrides={"linear_stage": {"enabled": True}, "model": {"linear_skip": False}})
-    with pytest.raises(UserError, match="unknown linear_stage option"):
+    with pytest.raises(UserError, match="unknown config key 'linear_stage.epochs'; did you mean linear_stage.max_epochs"):
         resolve_config("spacetime", overrides={"linear_stage": {"epochs": 3}})
     with pytest.raises(UserError, match="linear_stage.loss"):
         resolve_config("spacetime", overrides={"linear_stage": {"loss": "l3"}})
