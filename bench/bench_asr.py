@@ -4,8 +4,8 @@
     nice python bench/bench_asr.py rtf       [--preset small]                        # transcription RTF, 1 thread
     nice python bench/bench_asr.py stream    [--preset small]                        # latency per 640 ms chunk
     nice python bench/bench_asr.py longform  [--minutes 6 60]                        # peak RSS of streamed files
-    nice python bench/bench_asr.py overfit   [--max-time 00:00:25:00]                # 34 LJSpeech utts -> WER on them
-    nice python bench/bench_asr.py generalise [--n-train 2000] [--minutes 30]         # eSpeak corpus, unseen voice
+    nice python bench/bench_asr.py overfit   [--max-steps 300]                       # 34 LJSpeech utts -> WER on them
+    nice python bench/bench_asr.py generalise [--n-train 2000] [--minutes 30]         # eSpeak corpus, unseen voice (CPU min)
 
 Every timing/memory case runs in its own process (peak RSS = ru_maxrss of that process minus the
 RSS after the model is built), with torch on one thread. The machine is shared: compare only the
@@ -218,13 +218,19 @@ def bench_longform(a) -> None:
 
 # ------------------------------------------------------------------------------------ quality
 def bench_overfit(a) -> None:
-    """Train on the 34 LJSpeech utterances and score on the same utterances (does the whole path learn)."""
+    """Train on the 34 LJSpeech utterances and score on the same utterances (does the whole path learn).
+
+    Bounded by optimiser steps (not wall time) so a loaded machine does not change the result;
+    augmentation (SpecAugment, speed perturbation) and dropout are off: the point is memorisation."""
     import csv
     import tempfile
+
+    import torch
 
     from apps.asr.infer import evaluate_utterances
     from apps.asr.train import DEFAULTS, load_asr_module, prepare_utterances, train
 
+    torch.set_num_threads(1)
     rows = [r for r in csv.DictReader(open(SPEECH / "transcripts.tsv"), delimiter="\t") if r["speaker"] == "LJ"]
     work = Path(a.out or tempfile.mkdtemp(prefix="asr_overfit_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -232,44 +238,99 @@ def bench_overfit(a) -> None:
     man.write_text("path\ttranscript\n" + "".join(f"{(SPEECH / r['path']).resolve()}\t{r['transcript']}\n"
                                                   for r in rows))
     cfg = {**DEFAULTS, "model": {"preset": a.preset, "dropout": 0.0}, "val_fraction": 0.0, "speed_perturb": [1.0],
-           "specaug": None, "lr": a.lr, "warmup_steps": 20, "batch_seconds": a.batch_seconds, "vocab_size": 64}
-    t0 = time.time()
-    m = train([str(man)], work / "run", cfg, seed=0, trainer_kwargs={"max_time": a.max_time, "max_epochs": 100000},
-              progress=False)
+           "specaug": None, "lr": a.lr, "warmup_steps": a.warmup, "batch_seconds": a.batch_seconds,
+           "vocab_size": a.vocab_size}
+    c0, t0 = time.process_time(), time.time()
+    tk = {"max_steps": a.max_steps, "max_epochs": -1}
+    if a.max_time:
+        tk["max_time"] = a.max_time
+    m = train([str(man)], work / "run", cfg, seed=a.seed, trainer_kwargs=tk, progress=False)
+    cpu = time.process_time() - c0
+    _loss_curve(work / "run")
     module = load_asr_module(work / "run")
     utts, _ = prepare_utterances([str(man)], None)
+    print(f"| preset | training | decode | WER | CER |\n|---|---|---|---|---|")
     for decode in ("greedy", "beam"):
         met, _, _ = evaluate_utterances(module, utts, decode=decode, progress=False)
-        print(f"| {a.preset} | {m['steps']} steps, {m['epochs'] + 1} epochs, {m['train_seconds']:.0f} s | {decode} | "
+        print(f"| {a.preset} | {m['steps']} steps, {m['epochs'] + 1} epochs, {cpu:.0f} CPU s | {decode} | "
               f"WER {100 * met['wer']:.2f} % | CER {100 * met['cer']:.2f} % |", flush=True)
-    print(f"(total {time.time() - t0:.0f} s; run folder {work / 'run'})")
+    print(f"(training {cpu:.0f} CPU s / {m['train_seconds']:.0f} s wall; total {time.time() - t0:.0f} s wall; "
+          f"run folder {work / 'run'})")
+
+
+def _loss_curve(run: Path, every: int = 5) -> None:
+    """Print the epoch-mean training loss (every ``every``-th epoch) from the CSV log."""
+    import csv
+
+    f = run / "logs" / "metrics.csv"
+    if not f.is_file():
+        return
+    rows = [r for r in csv.DictReader(open(f)) if r.get("train_loss_epoch")]
+    pts = [f"{int(r['epoch'])}:{float(r['train_loss_epoch']):.1f}" for i, r in enumerate(rows)
+           if i % every == 0 or i == len(rows) - 1]
+    print("train loss by epoch: " + " ".join(pts), flush=True)
+
+
+def _cpu_timer(minutes: float):
+    """Lightning's Timer on this process's CPU time (``time.process_time``) instead of the wall
+    clock: the budget (and the cosine schedule, which reads the Timer) do not depend on how loaded
+    the shared machine is."""
+    from lightning.pytorch.callbacks import Timer
+    from lightning.pytorch.trainer.states import RunningStage
+
+    class CpuTimer(Timer):
+        def on_train_start(self, trainer, pl_module):
+            self._start_time[RunningStage.TRAINING] = time.process_time()
+
+        def on_train_end(self, trainer, pl_module):
+            self._end_time[RunningStage.TRAINING] = time.process_time()
+
+        def time_elapsed(self, stage=RunningStage.TRAINING):
+            start, end = self._start_time[RunningStage(stage)], self._end_time[RunningStage(stage)]
+            if start is None:
+                return 0.0
+            return (time.process_time() if end is None else end) - start
+
+    return CpuTimer(duration={"seconds": int(minutes * 60)}, verbose=False)
 
 
 def bench_generalise(a) -> None:
-    """eSpeak corpus: train voices vs one held-out voice; Samba-ASR and the Conformer, same budget."""
+    """eSpeak corpus: train voices vs one held-out voice; Samba-ASR and the Conformer, same CPU budget."""
     import tempfile
+
+    import torch
 
     from apps.asr.infer import evaluate_utterances
     from apps.asr.synth import WORDS, make_corpus, random_sentences
     from apps.asr.train import DEFAULTS, load_asr_module, prepare_utterances, train
 
+    torch.set_num_threads(1)
     work = Path(a.out or tempfile.mkdtemp(prefix="asr_gen_"))
     sents = random_sentences(a.n_train + a.n_test, 0, 3, 8, WORDS)
     t0 = time.time()
     tr = make_corpus(work / "train", sents[:a.n_train], ["m1", "f1", "m3", "f3", "m5"], seed=0)
     te = make_corpus(work / "test", sents[a.n_train:], ["f5"], seed=1, prefix="test")
     print(f"corpus: {a.n_train} train sentences (5 voices), {a.n_test} held-out sentences (unseen voice f5), "
-          f"{time.time() - t0:.0f} s")
+          f"{time.time() - t0:.0f} s", flush=True)
     utts, _ = prepare_utterances([str(te)], None)
-    budget = f"00:{a.minutes // 60:02d}:{a.minutes % 60:02d}:00"
+    rows = []
     for preset in (a.preset, f"conformer-{a.preset}"):
         cfg = {**DEFAULTS, "model": {"preset": preset}, "val_fraction": 0.0, "vocab_size": 128,
                "batch_seconds": a.batch_seconds, "lr": a.lr}
-        m = train([str(tr)], work / preset, cfg, seed=0, trainer_kwargs={"max_time": budget, "max_epochs": 100000},
-                  progress=False)
-        met, _, _ = evaluate_utterances(load_asr_module(work / preset), utts, decode="beam", progress=False)
-        print(f"| {preset} | {m['n_params'] / 1e6:.2f} M | {m['steps']} steps in {m['train_seconds']:.0f} s | "
-              f"WER {100 * met['wer']:.2f} % | CER {100 * met['cer']:.2f} % |", flush=True)
+        c0 = time.process_time()
+        m = train([str(tr)], work / preset, cfg, seed=0, progress=False,
+                  trainer_kwargs={"max_epochs": 100000, "callbacks": [_cpu_timer(a.minutes)]})
+        cpu = time.process_time() - c0
+        _loss_curve(work / preset, every=max(1, m["epochs"] // 8))
+        module = load_asr_module(work / preset)
+        for decode in ("greedy", "beam"):
+            met, _, _ = evaluate_utterances(module, utts, decode=decode, progress=False)
+            rows.append(f"| {preset} | {m['n_params'] / 1e6:.2f} M | {m['steps']} steps, {m['epochs'] + 1} epochs, "
+                        f"{cpu:.0f} CPU s | {decode} | WER {100 * met['wer']:.2f} % | CER {100 * met['cer']:.2f} % |")
+            print(rows[-1], flush=True)
+    print("\n| model | params | training | decode | held-out WER | CER |\n|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"(total {time.time() - t0:.0f} s wall; work folder {work})")
 
 
 def main() -> int:
@@ -300,15 +361,19 @@ def main() -> int:
     lf.add_argument("--preset", default="small")
     o = sub.add_parser("overfit")
     o.add_argument("--preset", default="tiny")
-    o.add_argument("--max-time", default="00:00:25:00")
+    o.add_argument("--max-steps", type=int, default=300)
+    o.add_argument("--max-time", default=None, help="optional wall-clock cap (DD:HH:MM:SS)")
     o.add_argument("--lr", type=float, default=3e-3)
+    o.add_argument("--warmup", type=int, default=20)
     o.add_argument("--batch-seconds", type=float, default=60.0)
+    o.add_argument("--vocab-size", type=int, default=64)
+    o.add_argument("--seed", type=int, default=0)
     o.add_argument("--out", default=None)
     g = sub.add_parser("generalise")
     g.add_argument("--preset", default="tiny")
     g.add_argument("--n-train", type=int, default=2000)
     g.add_argument("--n-test", type=int, default=100)
-    g.add_argument("--minutes", type=int, default=30)
+    g.add_argument("--minutes", type=float, default=30, help="CPU minutes of training per model")
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--batch-seconds", type=float, default=120.0)
     g.add_argument("--out", default=None)

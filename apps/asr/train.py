@@ -143,9 +143,10 @@ class ASRModule(L.LightningModule):
         def factor(step: int) -> float:
             trainer = getattr(module, "_trainer", None)
             frac = budget_fraction(trainer, hp.steps_per_epoch) if trainer is not None else 0.0
-            total = trainer.estimated_stepping_batches if trainer is not None else float("inf")
-            warm = max(1, min(hp.warmup_steps, int(total / 10) if math.isfinite(total) else hp.warmup_steps))
-            return min(1.0, (step + 1) / warm) * max(0.02, 0.5 * (1 + math.cos(math.pi * frac)))
+            # warm-up ends after warmup_steps or a tenth of the budget (steps, epochs or --max-time),
+            # whichever comes first: a short time-bounded run must not spend itself warming up
+            ramp = min(1.0, max((step + 1) / max(1, hp.warmup_steps), 10 * frac))
+            return ramp * max(0.02, 0.5 * (1 + math.cos(math.pi * frac)))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

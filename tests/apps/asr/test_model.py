@@ -129,3 +129,28 @@ def test_beam_search_prefers_ctc_evidence():
     enc = torch.randn(1, len(path), 32)
     toks, score = joint_beam_search(net.decoder, enc, logp, V - 1, beam=4, ctc_weight=0.9)
     assert toks == target and math.isfinite(score)
+
+
+def test_warmup_ends_by_a_tenth_of_a_time_budget():
+    """A --max-time run must not spend itself in a 500-step warm-up: the ramp also ends once a
+    tenth of the budget (here wall time, read from the Timer) is spent; cosine decay follows."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import Timer
+
+    from apps.asr.train import ASRModule
+
+    m = ASRModule(20, model_config("tiny", **SMALL), warmup_steps=500, steps_per_epoch=10)
+    sched = m.configure_optimizers()["lr_scheduler"]["scheduler"]
+    factor = sched.lr_lambdas[0]
+    timer = Timer(duration={"seconds": 100})
+    spent = {"s": 0.0}
+    timer.time_elapsed = lambda stage="train": spent["s"]
+    m._trainer = SimpleNamespace(global_step=5, max_steps=-1, max_epochs=100000, callbacks=[timer])
+    assert factor(5) == pytest.approx(6 / 500)              # 1 % of the budget: still the step ramp
+    spent["s"] = 10.0
+    m._trainer.global_step = 5
+    assert factor(5) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))   # a tenth spent: full lr x cosine
+    spent["s"] = 0.0
+    m._trainer = SimpleNamespace(global_step=250, max_steps=-1, max_epochs=1, callbacks=[])   # 10 steps/epoch
+    assert factor(250) == pytest.approx(0.02)               # budget spent: floor of the decay
