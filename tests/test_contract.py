@@ -131,3 +131,22 @@ def test_checkpoint_run_folder_without_checkpoints_is_one_line(app, tmp_path, ca
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     code, _, err = _run(app, ["evaluate", "--checkpoint", tmp_path / "run", "--data", tmp_path], capsys)
     assert code == 2 and "no checkpoints/best.ckpt or checkpoints/last.ckpt" in err
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_one_seed_gives_identical_metrics_and_a_run_folder_is_a_checkpoint(app, tmp_path, capsys, monkeypatch):
+    from tests.tiny_runs import metrics_of, recipe
+
+    monkeypatch.setenv("SSM_NO_PROGRESS", "1")
+    train, evaluate = recipe(app, tmp_path / "data")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        code, _, err = _run(app, ["train", *train, "-o", run, "--seed", "3", "--max-epochs", "1",
+                                  "--accelerator", "cpu"], capsys)
+        assert code == 0, err
+    first, second = (metrics_of(r) for r in runs)
+    assert first and first == second
+    # --checkpoint takes the trained run folder itself (its best checkpoint, else the last)
+    code, _, err = _run(app, ["evaluate", "--checkpoint", runs[0], *evaluate, "-o", tmp_path / "m.json"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "m.json").stat().st_size > 2

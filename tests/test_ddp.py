@@ -42,3 +42,18 @@ def test_ecg_ddp(tmp_path):
     m = _one_of_each(run)
     assert m["n_val"] == 5  # thresholds and metrics over the whole validation set, on rank 0
     assert len(m["validation"]["per_class"]["threshold"]) == 26
+
+
+@pytest.mark.parametrize("app", ["medseg", "timeseries", "recsys", "asr", "graph"])
+def test_every_app_trains_under_ddp(app, tmp_path):
+    from tests.tiny_runs import recipe
+
+    train, _ = recipe(app, tmp_path / "data")
+    run = tmp_path / "run"
+    r = _train(app, [*train, "-o", run], tmp_path)
+    m = _one_of_each(run)
+    assert m, r.stdout
+    if app == "timeseries":  # rank 0 scored every window of the whole splits (400 rows: 70/10/20)
+        assert (m["val"]["windows"], m["test"]["windows"]) == (40 - 8 + 1, 80 - 8 + 1)
+    if app == "graph":
+        assert (m["val"]["n"], m["test"]["n"]) == (m["split_sizes"]["val"], m["split_sizes"]["test"])

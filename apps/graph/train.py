@@ -158,6 +158,8 @@ def train(data: str, out: str, task: Optional[str] = None, config: Optional[Dict
     seed = 0 if seed is None else seed
     seed_everything(seed)
     loaded = load_dataset(data, cfg, limit=limit)
+    # again: encodings computed now draw random numbers, ones read from the cache do not
+    seed_everything(seed)
     report(loaded, skip_bad, data)
     task, level = task_level(loaded, task)
     split = default_split(loaded, level, cfg, seed)

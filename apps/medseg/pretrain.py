@@ -19,7 +19,6 @@ import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from core.engine import UserError, best_or_last_checkpoint, configure_optimizers, is_rank_zero, make_trainer, write_json
 
@@ -118,15 +117,15 @@ def run_pretrain(cfg: dict, cases: Sequence[dict], in_channels: int, out: Path, 
     (rank 0; ``None`` on the other ranks of a DDP run)."""
     from monai.data import CacheDataset, list_data_collate
 
-    from .train import RepeatDataset
+    from .train import RepeatDataset, seeded_loader
 
     d, p = cfg["data"], cfg["pretrain"]
     per_item = int(d["samples_per_volume"])
     bs = max(1, int(p["batch_size"]) // per_item)
     ds = CacheDataset([{"image": c["image"], "name": c["name"]} for c in cases], transform=pretrain_transforms(d),
                       cache_rate=1.0, num_workers=0, progress=False)
-    dl = DataLoader(RepeatDataset(ds, int(p["steps_per_epoch"]) * bs), batch_size=bs, shuffle=True,
-                    num_workers=num_workers, collate_fn=list_data_collate, persistent_workers=num_workers > 0)
+    dl = seeded_loader(RepeatDataset(ds, int(p["steps_per_epoch"]) * bs), batch_size=bs, shuffle=True,
+                       num_workers=num_workers, collate_fn=list_data_collate, persistent_workers=num_workers > 0)
     module = MIMModule(cfg, in_channels)
     if is_rank_zero():
         write_json(out / "config.json", {"config": cfg, "in_channels": in_channels,

@@ -30,6 +30,22 @@ class RepeatDataset(Dataset):
         return self.ds[i % len(self.ds)]
 
 
+def seeded_loader(ds: Dataset, **kwargs) -> DataLoader:
+    """A DataLoader whose MONAI random transforms follow ``--seed``.
+
+    MONAI transforms draw from their own ``RandomState``, not numpy's global one, so seeding the
+    process alone leaves the augmentations (and every metric) different from run to run. Their
+    states are seeded here from torch's seeded generator (plus the DDP rank, so ranks differ), and
+    in each worker process from the worker's seed."""
+    from monai.data.utils import set_rnd, worker_init_fn
+
+    from core.engine.cli import global_rank
+
+    seed = int(torch.randint(0, 2 ** 31 - 1, ()).item()) + global_rank()
+    set_rnd(ds, seed % 2 ** 32)
+    return DataLoader(ds, worker_init_fn=worker_init_fn, **kwargs)
+
+
 def infer_num_classes(ds: Mapping, cfg_classes: Optional[int]) -> int:
     """Number of classes incl. background: config, else dataset.json ``labels``, else max label + 1."""
     if cfg_classes:
@@ -206,7 +222,7 @@ def make_loaders(train_cases, val_cases, cfg: Mapping, num_workers: int = 0):
     bs = max(1, int(t["batch_size"]) // per_item)
     train_ds = RepeatDataset(make_dataset(train_cases, d, train=True), int(t["steps_per_epoch"]) * bs)
     val_ds = make_dataset(val_cases, d, train=False)
-    train_dl = DataLoader(train_ds, batch_size=bs, shuffle=True, num_workers=num_workers,
+    train_dl = seeded_loader(train_ds, batch_size=bs, shuffle=True, num_workers=num_workers,
                           collate_fn=list_data_collate, persistent_workers=num_workers > 0)
     val_dl = DataLoader(val_ds, batch_size=1, num_workers=0, collate_fn=list_data_collate)
     return train_dl, val_dl
