@@ -150,3 +150,35 @@ def test_one_seed_gives_identical_metrics_and_a_run_folder_is_a_checkpoint(app, 
     code, _, err = _run(app, ["evaluate", "--checkpoint", runs[0], *evaluate, "-o", tmp_path / "m.json"], capsys)
     assert code == 0, err
     assert (tmp_path / "m.json").stat().st_size > 2
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_demo_is_rerunnable_but_never_takes_a_users_folder(app, tmp_path, capsys, monkeypatch):
+    """Every demo prepares its folder by one rule (core.engine.prepare_demo_dir) before any work: a
+    folder an earlier demo made is emptied and reused, as the README's main command needs; any
+    other non-empty folder is refused without --overwrite. (The work after it is each app's demo
+    test; the whole README command runs in the demo job.)"""
+    import core.engine.cli as kit
+
+    mod = importlib.import_module(f"apps.{app}.demo")
+    assert getattr(mod, "prepare_demo_dir", None) is kit.prepare_demo_dir, "demo must use prepare_demo_dir"
+
+    def prepare_then_stop(out, overwrite=False):
+        kit.prepare_demo_dir(out, overwrite)
+        raise SystemExit(99)  # the folder rule is all this test is about
+
+    monkeypatch.setattr(mod, "prepare_demo_dir", prepare_then_stop)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / kit.DEMO_MARKER).write_text("")
+    (earlier / "stale_output.csv").write_text("from the last demo")
+    code, _, err = _run(app, ["demo", "-o", earlier], capsys)
+    assert code == 99, err
+    assert not (earlier / "stale_output.csv").exists() and (earlier / kit.DEMO_MARKER).is_file()
+
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "notes.txt").write_text("the user's")
+    code, _, err = _run(app, ["demo", "-o", users], capsys)
+    assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (users / "notes.txt").read_text() == "the user's"

@@ -3,16 +3,14 @@ unseen third voice for the new files) -> train a tiny causal Samba-ASR model -> 
 transcribe to JSONL and SRT -> stream one file. No downloads; about 45 s on two CPU cores."""
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from core.engine import UserError
+from core.engine import prepare_demo_dir
 
-OUTPUTS = ("data", "run", "new.errors.txt", "transcripts.jsonl", "transcripts.srt")
 DIGITS = "zero one two three four five six seven eight nine".split()
 
 
@@ -24,16 +22,7 @@ def run_demo(out: Path, seed: int = 0, overwrite: bool = False, n_train: int = 1
     from .train import DEFAULTS, load_asr_module, prepare_utterances, train
 
     t0 = time.time()
-    out = Path(out)
-    if out.is_dir():
-        foreign = sorted(set(p.name for p in out.iterdir()) - set(OUTPUTS))
-        if foreign and not overwrite:
-            raise UserError(out, f"holds files the demo did not write ({', '.join(foreign[:3])}); "
-                                 "pass --overwrite or choose another folder")
-        for name in OUTPUTS:       # re-running replaces the demo's own outputs
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_demo_dir(out, overwrite)  # a folder an earlier demo made is reused as written
     run = out / "run"
     run.mkdir()
     sents = random_sentences(n_train + n_test, seed, 2, 5, DIGITS)

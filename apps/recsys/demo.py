@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.engine import atomic_write, prepare_run_dir, write_json
+from core.engine import atomic_write, prepare_demo_dir, write_json
 
 
 def synthetic_log(path: str | Path, n_users: int = 200, n_items: int = 120, length: int = 40, seed: int = 0,
@@ -49,11 +49,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False,
     from .infer import load_checkpoint, recommend
     from .train import train
 
-    own = {"demo.inter", "top10.csv", "top10_after_event.csv", "summary.json", *models}
-    p = Path(out)
-    if p.is_dir() and all(c.name in own for c in p.iterdir()):
-        overwrite = True  # a re-run replaces the demo's own outputs; anything else needs --overwrite
-    out = prepare_run_dir(out, overwrite, clear=tuple(own))
+    out = prepare_demo_dir(out, overwrite)  # a folder an earlier demo made is reused as written
     log = synthetic_log(out / "demo.inter", seed=seed, overwrite=True)
     data = load_dataset(log, warn=False)
     small = {"tim4rec": dict(d_model=32, d_state=16, headdim=16, n_layers=1),

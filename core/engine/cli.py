@@ -49,8 +49,8 @@ from .errors import EXIT_BAD_INPUT, EXIT_OK, UserError
 
 PRECEDENCE = ("Config precedence, lowest first: the app's defaults < --config FILE < explicit flags "
               "< --set key.sub=value.")
-MAX_TIME_HELP = ("wall-clock limit DD:HH:MM:SS for training (Lightning's max_time); the final evaluation "
-                 "that follows is not included")
+MAX_TIME_HELP = ("wall-clock limit DD:HH:MM:SS for training (Lightning's max_time); the final scoring that "
+                 "follows, one pass over the validation and test data, is not included")
 
 # --------------------------------------------------------------------------------------------------
 # Parser
