@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from core.engine.cli import help_problems
+from tests.conftest import cli_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,12 +54,7 @@ def _cli(app):
 
 
 def _run(app, argv, capsys):
-    try:
-        code = _cli(app).main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return cli_runner(_cli(app).main, capsys)(*argv)
 
 
 @pytest.mark.parametrize("app", sorted(APPS))

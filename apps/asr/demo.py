@@ -7,8 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from core.engine import prepare_demo_dir
 
 DIGITS = "zero one two three four five six seven eight nine".split()

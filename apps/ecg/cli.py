@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from core.engine import AppCLI, check_new_output, hardware_kwargs, require_paths, resolve_checkpoint
+from core.engine import AppCLI, check_new_output, require_paths, resolve_checkpoint, trainer_kwargs_from_args
 
 READ_AHEAD_HELP = ("processes that read and preprocess records ahead, in order (default 0: read in this "
                    "process); records stream either way, so memory does not grow with their number")
@@ -45,8 +45,7 @@ def cmd_train(args) -> int:
              "data_loading": args.data_loading, "model.preset": args.preset}
     cfg = resolve_config(DEFAULTS, args.config, flags, args.set_pairs, extra_keys={"model": all_model_keys})
     out = prepare_run_dir(args.out, args.overwrite)
-    tk = hardware_kwargs(args)
-    tk.update(max_epochs=args.max_epochs, max_time=args.max_time)
+    tk = trainer_kwargs_from_args(args)
     if tk["max_epochs"] is None and tk["max_time"] is None:
         tk["max_epochs"] = int(cfg["max_epochs"])
     m = train(args.data, out, cfg, seed=args.seed, trainer_kwargs=tk)

@@ -13,15 +13,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from core.engine import (EXIT_BAD_INPUT, AppCLI, UserError, check_new_output, load_config, parse_set_pairs,
-                         require_extra, require_paths, resolve_checkpoint, write_json)
+from core.engine import (EXIT_BAD_INPUT, AppCLI, UserError, check_new_output, hardware_kwargs, load_config,
+                         parse_set_pairs, require_paths, resolve_checkpoint, write_json)
 
 MODELS = ("gmn", "graph_mamba", "gin", "gps")
 EXTRA = ("torch_geometric", "rdkit", "sklearn", "pandas")
-
-
-def _devices(args):
-    return int(args.devices) if str(args.devices).isdigit() else args.devices
 
 
 def cmd_train(args) -> int:
@@ -31,7 +27,6 @@ def cmd_train(args) -> int:
     if args.compare and args.folds is None:
         raise UserError("--compare", "only with --folds")
     check_new_output(args.out, args.overwrite, folder=True)
-    require_extra("graph", EXTRA)
     cfg = load_config(args.config)
     ov = parse_set_pairs(args.set_pairs)
     for key in ("batch_size", "lr"):
@@ -39,8 +34,7 @@ def cmd_train(args) -> int:
             ov[key] = getattr(args, key)
     if args.model is not None:
         ov.setdefault("model", {})["layer"] = args.model
-    tk = dict(accelerator=args.accelerator, devices=_devices(args), num_nodes=args.num_nodes,
-              strategy=args.strategy, precision=args.precision)
+    tk = hardware_kwargs(args)
     from .train import cross_validate, resolve_config, train
 
     resolve_config(cfg, ov)  # strict keys before any data is read
@@ -66,14 +60,20 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def _checked_model(args, inputs, flag: str):
+    """(checkpoint path, model on --device): paths and outputs checked before torch loads."""
     ckpt = resolve_checkpoint(args.checkpoint)
-    require_paths(args.data, "--data")
+    require_paths(inputs, flag)
     check_new_output(args.out, args.overwrite)
-    require_extra("graph", EXTRA)
-    from .infer import evaluate, load_checkpoint
+    from .infer import load_checkpoint
 
-    module = load_checkpoint(ckpt)
+    return ckpt, load_checkpoint(ckpt, args.device)
+
+
+def cmd_evaluate(args) -> int:
+    ckpt, module = _checked_model(args, args.data, "--data")
+    from .infer import evaluate
+
     res = {"data": args.data, "checkpoint": str(ckpt), "split": args.split, **evaluate(module, args.data, args.split)}
     print(json.dumps(res, indent=2))
     if args.out:
@@ -82,13 +82,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    ckpt = resolve_checkpoint(args.checkpoint)
-    require_paths(args.input, "--input")
-    check_new_output(args.out, args.overwrite)
-    require_extra("graph", EXTRA)
-    from .infer import load_checkpoint, predict
+    _, module = _checked_model(args, args.input, "-i/--input")
+    from .infer import predict
 
-    module = load_checkpoint(ckpt)
     res = predict(module, args.input, args.out, overwrite=args.overwrite)
     print(f"wrote {res['written']} rows to {args.out}"
           + (f"; {res['failed']} graph(s) failed (listed above)" if res["failed"] else ""))
@@ -96,7 +92,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    require_extra("graph", EXTRA)
     from .demo import run_demo
 
     run_demo(args.out, seed=args.seed, overwrite=args.overwrite)

@@ -474,7 +474,7 @@ def load_edgelist(folder: str | Path, schema: Optional[Dict] = None) -> Loaded:
     """
     import pandas as pd
     from torch_geometric.data import Data
-    from torch_geometric.utils import coalesce, to_undirected
+    from torch_geometric.utils import to_undirected
 
     folder = Path(folder)
 

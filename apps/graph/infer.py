@@ -11,8 +11,8 @@ import torch
 from core.engine import UserError, atomic_write, ensure_new, safe_load
 
 
-def load_checkpoint(path: str | Path):
-    """A :class:`~apps.graph.module.GraphModule` from ``best.ckpt``/``last.ckpt`` or a run folder.
+def load_checkpoint(path: str | Path, device: str = "cpu"):
+    """A :class:`~apps.graph.module.GraphModule` from ``best.ckpt``/``last.ckpt`` or a run folder, on ``device``.
 
     Only our own checkpoints load: the file is read with ``weights_only=True`` first (no code runs),
     its hyper-parameters must be a GraphModule's, then the module is rebuilt from them."""
@@ -32,8 +32,9 @@ def load_checkpoint(path: str | Path):
     except Exception as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:160]
         raise UserError(p, f"not an ssm-graph checkpoint ({first})") from None
-    module.eval()
-    return module
+    from core.engine import resolve_device
+
+    return module.to(resolve_device(device)).eval()
 
 
 @torch.no_grad()
@@ -42,16 +43,18 @@ def outputs(module, loader) -> Tuple[torch.Tensor, torch.Tensor, List]:
     from .module import select_targets
 
     module.eval()
+    dev = module.device
     preds, ys, ids = [], [], []
     for batch in loader:
-        pred = module(batch)
-        if getattr(batch, "y", None) is not None:
-            p, y = select_targets(batch, pred, module.level)
-            preds.append(p.float())
-            ys.append(y)
+        b = batch if dev.type == "cpu" else batch.clone().to(dev)  # PyG's .to() moves in place
+        pred = module(b)
+        if getattr(b, "y", None) is not None:
+            p, y = select_targets(b, pred, module.level)
+            preds.append(p.float().cpu())
+            ys.append(y.cpu())
         else:
-            k = int(getattr(batch, "batch_size", len(pred))) if module.level == "node" else len(pred)
-            preds.append(pred[:k].float())
+            k = int(getattr(b, "batch_size", len(pred))) if module.level == "node" else len(pred)
+            preds.append(pred[:k].float().cpu())
         ids.append(batch)
     return torch.cat(preds), (torch.cat(ys) if ys else None), ids
 

@@ -205,7 +205,7 @@ def cross_validate(data: str, out: str, folds: int = 10, task: Optional[str] = N
     from sklearn.model_selection import StratifiedKFold, train_test_split
     from torch_geometric.loader import DataLoader
 
-    from .module import METRIC, GraphModule
+    from .module import GraphModule
 
     cfg = resolve_config(config, overrides)
     if max_epochs is not None:

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from core.engine import (AppCLI, UserError, check_new_output, deprecate, hardware_kwargs, require_paths,
-                         resolve_checkpoint)
+from core.engine import (AppCLI, UserError, check_new_output, deprecate, require_paths, resolve_checkpoint,
+                         trainer_kwargs_from_args)
 
 DATA_HELP = ("nnU-Net raw folder (imagesTr/, labelsTr/), a folder with dataset.json, or an MSD-style "
              "dataset.json (training/validation/test lists)")
@@ -32,10 +32,6 @@ def _dataset_args(data: str) -> tuple:
     return (str(p), None) if p.is_file() else (None, str(p))
 
 
-def _trainer_kwargs(args) -> dict:
-    return dict(hardware_kwargs(args), max_epochs=args.max_epochs, max_time=args.max_time)
-
-
 def cmd_train(args) -> int:
     require_paths(args.data, "--data")
     if args.init_from:
@@ -44,7 +40,7 @@ def cmd_train(args) -> int:
     from .train import train_command
 
     res = train_command(args.data, args.out, config=args.config, set_pairs=args.set_pairs,
-                        trainer_kwargs=_trainer_kwargs(args), num_workers=args.num_workers, init_from=args.init_from,
+                        trainer_kwargs=trainer_kwargs_from_args(args), num_workers=args.num_workers, init_from=args.init_from,
                         seed=args.seed, overwrite=args.overwrite, progress=_progress(), plan=args.plan)
     if res is not None:
         print(f"best validation Dice {res['best_val_dice']}: {res['best_checkpoint']}")
@@ -67,7 +63,7 @@ def cmd_pretrain(args) -> int:
     from .pretrain import pretrain_command
 
     res = pretrain_command(args.out, images=args.images, data=args.data, config=args.config, set_pairs=args.set_pairs,
-                           trainer_kwargs=_trainer_kwargs(args), num_workers=args.num_workers, seed=args.seed,
+                           trainer_kwargs=trainer_kwargs_from_args(args), num_workers=args.num_workers, seed=args.seed,
                            overwrite=args.overwrite, save_recon=args.save_recon, progress=_progress())
     if res is not None:
         print(f"pretraining loss {res['last_train_loss']:.4f}: {res['checkpoint']}")

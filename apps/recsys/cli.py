@@ -8,14 +8,12 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
-from core.engine import (AppCLI, UserError, check_new_output, is_rank_zero, require_paths, resolve_checkpoint,
-                         resolve_config)
+from core.engine import (AppCLI, UserError, check_new_output, hardware_kwargs, is_rank_zero, require_paths,
+                         resolve_checkpoint, resolve_config)
 
 from .config import MODEL_NAMES, TRAIN_DEFAULTS, model_keys
 
@@ -46,8 +44,7 @@ def cmd_train(args) -> int:
         check_new_output(args.out, args.overwrite, folder=True)
     from .train import train
 
-    tk = dict(accelerator=args.accelerator, devices=int(args.devices) if str(args.devices).isdigit()
-              else args.devices, num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision)
+    tk = hardware_kwargs(args)
     res = train(args.data, args.model, args.out, fmt=args.format, columns=_columns(args), config=cfg,
                 max_epochs=args.max_epochs, max_time=args.max_time, seed=args.seed, overwrite=args.overwrite,
                 trainer_kwargs=tk, num_workers=args.num_workers)

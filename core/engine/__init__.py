@@ -6,11 +6,11 @@ trainer helpers load on first use, so a console script reports bad arguments in 
 """
 from .cli import (AppCLI, AppParser, Deadline, ItemFailures, OutputFolder, check_keys, check_new_output,
                   deprecate, describe_error, global_rank, hardware_kwargs, is_rank_zero, prepare_demo_dir,
-                  rank_zero_print, require_extra,
-                  require_paths, resolve_checkpoint, resolve_config)
+                  rank_zero_print, require_extra, require_paths, resolve_checkpoint, resolve_config,
+                  trainer_kwargs_from_args)
 from .checkpoint import UnsafeCheckpointError, safe_globals, safe_load
-from .config import (add_trainer_args, deep_update, load_config, max_time_seconds, merge_config,
-                     parse_max_time, parse_set_pairs, prepare_run_dir, trainer_kwargs_from_args)
+from .config import (deep_update, load_config, max_time_seconds, merge_config, parse_max_time, parse_set_pairs,
+                     prepare_run_dir)
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, UserError, cli_main
 from .io import atomic_path, atomic_save, atomic_write, ensure_new, write_json
 
@@ -37,7 +37,7 @@ __all__ = [
     "deprecate", "describe_error", "global_rank", "hardware_kwargs", "is_rank_zero", "prepare_demo_dir",
     "rank_zero_print", "require_extra",
     "require_paths", "resolve_checkpoint", "resolve_config",
-    "add_trainer_args", "deep_update", "load_config", "max_time_seconds", "merge_config",
+    "deep_update", "load_config", "max_time_seconds", "merge_config",
     "parse_max_time", "parse_set_pairs", "prepare_run_dir", "trainer_kwargs_from_args",
     "EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_OK", "UserError", "cli_main", "atomic_path", "atomic_save",
     "atomic_write", "ensure_new", "write_json", "best_or_last_checkpoint", "load_module", "make_trainer",

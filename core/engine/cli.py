@@ -207,6 +207,11 @@ def hardware_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
                 precision=args.precision)
 
 
+def trainer_kwargs_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """:func:`hardware_kwargs` plus ``max_epochs`` and ``max_time`` of a training verb."""
+    return dict(hardware_kwargs(args), max_epochs=args.max_epochs, max_time=parse_max_time(args.max_time))
+
+
 class AppCLI:
     """One console script: a parser with standard verbs, and :meth:`main` with the exit-code rule.
 

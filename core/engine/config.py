@@ -5,7 +5,6 @@ explicit command-line flags, then ``--set key.sub=value`` pairs.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
@@ -114,36 +113,6 @@ def merge_config(defaults: Mapping[str, Any], file_cfg: Mapping[str, Any] | None
             raise UserError("config", f"unknown keys {unknown}; known: {sorted(defaults)}")
     cfg = deep_update(dict(defaults), file_cfg)
     return deep_update(cfg, {k: v for k, v in (overrides or {}).items() if v is not None})
-
-
-def add_trainer_args(parser: argparse.ArgumentParser, out_required: bool = True) -> None:
-    """Flags every ``train``/``pretrain`` subcommand shares (hardware, time, seed, config)."""
-    g = parser.add_argument_group("run")
-    g.add_argument("--out", required=out_required, help="run directory (checkpoints, logs, metrics)")
-    g.add_argument("--config", default=None, help="YAML/JSON file with config values")
-    g.add_argument("--set", dest="set_pairs", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value (dotted keys), repeatable")
-    g.add_argument("--max-epochs", type=int, default=None)
-    g.add_argument("--max-time", default=None, help="wall-clock limit DD:HH:MM:SS")
-    g.add_argument("--seed", type=int, default=None, help="random seed (reproducible runs)")
-    g.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out")
-    h = parser.add_argument_group("hardware")
-    h.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
-    h.add_argument("--devices", default="auto", help="number of devices or 'auto'")
-    h.add_argument("--num-nodes", type=int, default=1)
-    h.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
-    h.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed")
-    h.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
-
-
-def trainer_kwargs_from_args(args: argparse.Namespace) -> Dict[str, Any]:
-    """The :func:`core.engine.make_trainer` keywords from :func:`add_trainer_args` flags."""
-    devices = args.devices
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
-    return dict(max_epochs=args.max_epochs, max_time=parse_max_time(args.max_time),
-                accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
-                strategy=args.strategy, precision=args.precision)
 
 
 # What make_trainer writes into a run directory.

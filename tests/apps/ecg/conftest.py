@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.conftest import shared_data
+from tests.conftest import cli_runner, shared_data
 
 
 
@@ -59,9 +59,4 @@ def run(argv, capsys):
     """``ssm-ecg ARGV`` in this process: (exit code, stdout, stderr)."""
     from apps.ecg.cli import main
 
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
+    return cli_runner(main, capsys)(*argv)

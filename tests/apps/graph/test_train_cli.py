@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import torch
 
 from apps.graph.train import summarise_cv

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from apps.medseg.plan import MIN_STRUCTURE_VOXELS, modality_of, plan_from_fingerprint

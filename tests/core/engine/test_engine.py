@@ -1,11 +1,10 @@
-import argparse
 import json
 
 import lightning
 import pytest
 import torch
 
-from core.engine import (UserError, add_trainer_args, atomic_write, best_or_last_checkpoint, cli_main,
+from core.engine import (AppCLI, UserError, atomic_write, best_or_last_checkpoint, cli_main,
                          ensure_new, load_config, load_module, make_trainer, max_time_seconds,
                          merge_config, parse_max_time, parse_set_pairs, prepare_run_dir,
                          seed_everything, trainer_kwargs_from_args, write_json)
@@ -101,9 +100,9 @@ def test_config_precedence(tmp_path):
 
 
 def test_trainer_args_roundtrip():
-    p = argparse.ArgumentParser()
-    add_trainer_args(p)
-    a = p.parse_args(["--out", "r", "--max-epochs", "3", "--devices", "2", "--max-time", "00:00:01:00"])
+    cli = AppCLI("ssm-x", "x")
+    cli.train("train")
+    a = cli.parse(["train", "--out", "r", "--max-epochs", "3", "--devices", "2", "--max-time", "00:00:01:00"])
     kw = trainer_kwargs_from_args(a)
     assert kw["max_epochs"] == 3 and kw["devices"] == 2 and kw["max_time"] == "00:00:01:00"
 
