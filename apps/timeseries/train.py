@@ -182,16 +182,17 @@ def train(data_path: str, model: str, seq_len: int, pred_len: int, out: str, fea
         tk["max_time"] = deadline.as_max_time()  # what is left of the budget of both stages
         k = epoch_group(c)  # > 1 on small data: schedule, patience and epoch limit count groups of k
         max_ep = c["max_epochs"] * k if not (c is cfg and max_epochs is not None) else c["max_epochs"]
-        trainer = make_trainer(run_dir, max_epochs=max_ep, monitor="val_loss", progress=progress,
+        last = run_dir / "checkpoints" / "last.ckpt"
+        resuming = saved is not None and last.is_file()
+        trainer = make_trainer(run_dir, max_epochs=max_ep, monitor="val_loss", progress=progress, resume=resuming,
                                callbacks=[EarlyStopping("val_loss", patience=c["patience"] * k, mode="min"),
                                           SaveOnInterrupt(run_dir / "checkpoints")],
                                deterministic=False, **tk)
-        last = run_dir / "checkpoints" / "last.ckpt"
         t0 = time.time()
         try:
             fit_interruptible(trainer, run_dir, module, data.loader("train", c["batch_size"], num_workers),
                               data.loader("val", c["batch_size"], num_workers),
-                              ckpt_path=str(last) if saved is not None and last.is_file() else None)
+                              ckpt_path=str(last) if resuming else None)
         except TrainingInterrupted as e:
             if is_rank_zero():
                 write_json(out_dir / "interrupted.json",

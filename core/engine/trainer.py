@@ -39,7 +39,7 @@ def make_trainer(out_dir: str | Path, max_epochs: Optional[int] = None, max_time
                  accelerator: str = "auto", devices: Any = "auto", num_nodes: int = 1,
                  strategy: Any = "auto", precision: Any = "32-true", monitor: Optional[str] = None,
                  mode: str = "min", progress: bool = True, loggers: Sequence[str] = ("csv", "tensorboard"),
-                 callbacks: Iterable[Any] = (), save_last: bool = True, **trainer_kwargs):
+                 callbacks: Iterable[Any] = (), save_last: bool = True, resume: bool = False, **trainer_kwargs):
     """A ``lightning.Trainer`` writing everything under ``out_dir``.
 
     - logs: ``out_dir/logs/`` (CSV ``metrics.csv`` and TensorBoard events)
@@ -47,6 +47,8 @@ def make_trainer(out_dir: str | Path, max_epochs: Optional[int] = None, max_time
     - progress: Rich progress bar on a terminal, Lightning's plain bar otherwise
     - ``max_time`` in Lightning's ``DD:HH:MM:SS``; CPU, one or many GPUs and nodes
       through ``accelerator``/``devices``/``num_nodes``/``strategy`` (e.g. "ddp").
+    - ``resume=True`` (a run continued from its ``last.ckpt``): the CSV rows logged before the
+      interruption move to ``logs/metrics.partN.csv``; Lightning's CSV logger would rewrite them.
     Extra keywords go to ``lightning.Trainer``.
     """
     import lightning
@@ -73,6 +75,15 @@ def make_trainer(out_dir: str | Path, max_epochs: Optional[int] = None, max_time
         # a bar on a terminal; in a log, a line every few seconds (SSM_PROGRESS_EVERY)
         cbs.append(RichProgressBar(leave=True) if sys.stderr.isatty() else make_log_progress_bar())
     logs = []
+    old = out / "logs" / "metrics.csv"
+    if resume and old.is_file():
+        from .cli import is_rank_zero
+
+        if is_rank_zero():
+            k = 1
+            while (out / "logs" / f"metrics.part{k}.csv").exists():
+                k += 1
+            old.rename(out / "logs" / f"metrics.part{k}.csv")
     if "csv" in loggers:
         logs.append(CSVLogger(out, name="logs", version=""))
     if "tensorboard" in loggers:

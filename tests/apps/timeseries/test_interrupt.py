@@ -47,6 +47,10 @@ def test_sigterm_exits_nonzero_keeps_last_ckpt_and_resume_finishes(tmp_path, run
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == done + 2 and m["model"] == "dlinear" and m["seq_len"] == 48
     assert not (out / "interrupted.json").exists()
+    # the epochs logged before the interruption are kept beside the resumed run's
+    before = (out / "logs" / "metrics.part1.csv").read_text().splitlines()
+    after = (out / "logs" / "metrics.csv").read_text().splitlines()
+    assert len(before) > 1 and len(after) > 1
 
 
 def test_resume_needs_a_run(tmp_path, run_cli):
