@@ -110,10 +110,10 @@ def save_cache(path: Path, loaded) -> None:
 
 
 def load_cache(path: Path):
-    """The :class:`~apps.graph.data.Loaded` saved by :func:`save_cache`, or None if absent/unreadable."""
+    """The :class:`~apps.graph.dataset.Loaded` saved by :func:`save_cache`, or None if absent/unreadable."""
     from torch_geometric.data import Data
 
-    from .data import Loaded
+    from .dataset import Loaded
 
     if not path.is_file():
         return None
