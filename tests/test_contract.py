@@ -178,3 +178,18 @@ def test_demo_is_rerunnable_but_never_takes_a_users_folder(app, tmp_path, capsys
     code, _, err = _run(app, ["demo", "-o", users], capsys)
     assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert (users / "notes.txt").read_text() == "the user's"
+
+
+def test_no_constructor_swallows_unknown_keywords():
+    """A misspelt model key must fail, not vanish into ``**_``/``**unused``."""
+    import ast
+
+    bad = []
+    for path in [*ROOT.glob("apps/**/*.py"), *ROOT.glob("core/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and node.name == "__init__" and node.args.kwarg is not None:
+                name = node.args.kwarg.arg
+                used = any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(node))
+                if name.startswith("_") or not used:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}(**{name})")
+    assert not bad, bad

@@ -72,7 +72,7 @@ class ConformerEncoder(nn.Module):
     causal = False
 
     def __init__(self, n_mels: int, d_model: int, enc_layers: int, heads: int = 4, ff_mult: int = 4,
-                 conv_kernel: int = 15, subsample_channels: int = 64, dropout: float = 0.1, **_):
+                 conv_kernel: int = 15, subsample_channels: int = 64, dropout: float = 0.1):
         super().__init__()
         self.d_model = d_model
         self.subsample = Conv2dSubsampling(n_mels, d_model, subsample_channels)
@@ -96,7 +96,7 @@ class TransformerDecoder(nn.Module):
     -> (B, U, V)``; ``init_state``/``step``/``reorder`` recompute the prefix (no cache)."""
 
     def __init__(self, vocab_size: int, d_model: int, dec_layers: int, heads: int = 4, ff_mult: int = 4,
-                 dropout: float = 0.1, **_):
+                 dropout: float = 0.1):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, d_model)
         layer = nn.TransformerDecoderLayer(d_model, heads, ff_mult * d_model, dropout, batch_first=True,

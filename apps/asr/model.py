@@ -9,6 +9,7 @@ positions are scored. The Conformer/Transformer baseline lives in ``baseline.py`
 from __future__ import annotations
 
 import copy
+import inspect
 from functools import partial
 from typing import Dict, Optional, Tuple
 
@@ -147,12 +148,17 @@ class MambaStack(nn.Module):
         return self.norm_f(x + residual)
 
 
+def _init_keys(cls) -> set:
+    """The keyword arguments ``cls`` takes."""
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
 class SambaEncoder(nn.Module):
     """Features ``(B, T, n_mels)`` + lengths -> encoder states ``(B, T', d_model)`` + lengths (T' ~ T/4)."""
 
     def __init__(self, n_mels: int, d_model: int, enc_layers: int, d_state: int = 16, expand: int = 2,
                  d_intermediate: int = 0, subsample_channels: int = 64, causal: bool = False,
-                 dropout: float = 0.1, **_):
+                 dropout: float = 0.1):
         super().__init__()
         self.causal = causal
         self.subsample = Conv2dSubsampling(n_mels, d_model, subsample_channels)
@@ -196,7 +202,7 @@ class SambaDecoder(nn.Module):
     """
 
     def __init__(self, vocab_size: int, d_model: int, dec_layers: int, d_state: int = 16, expand: int = 2,
-                 d_intermediate: int = 0, dropout: float = 0.1, **_):
+                 d_intermediate: int = 0, dropout: float = 0.1):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, d_model)
         self.enc_proj = nn.Linear(d_model, d_model)
@@ -262,15 +268,20 @@ class ASRNet(nn.Module):
         super().__init__()
         arch = cfg.get("arch", "samba")
         if arch == "samba":
-            self.encoder = SambaEncoder(n_mels, **cfg)
-            self.decoder = SambaDecoder(vocab_size, **cfg)
+            enc_cls, dec_cls = SambaEncoder, SambaDecoder
         elif arch == "conformer":
             from .baseline import ConformerEncoder, TransformerDecoder
 
-            self.encoder = ConformerEncoder(n_mels, **cfg)
-            self.decoder = TransformerDecoder(vocab_size, **cfg)
+            enc_cls, dec_cls = ConformerEncoder, TransformerDecoder
         else:
             raise ValueError(f"unknown arch {arch!r} (samba or conformer)")
+        # one config for both halves: each takes its own keys; a key neither takes is an error
+        enc_keys, dec_keys = _init_keys(enc_cls), _init_keys(dec_cls)
+        unused = sorted(set(cfg) - enc_keys - dec_keys - {"arch"})
+        if unused:
+            raise ValueError(f"model keys {unused} are not used by the {arch} model")
+        self.encoder = enc_cls(n_mels, **{k: v for k, v in cfg.items() if k in enc_keys})
+        self.decoder = dec_cls(vocab_size, **{k: v for k, v in cfg.items() if k in dec_keys})
         self.ctc = nn.Linear(cfg["d_model"], vocab_size)
 
     @property
