@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.engine import (UserError, best_or_last_checkpoint, budget_fraction, is_rank_zero, load_module,
+from core.engine import (UserError, atomic_write, best_or_last_checkpoint, budget_fraction, is_rank_zero, load_module,
                          make_trainer, seed_everything, write_json)
 
 from .data import (BucketBatchSampler, Utterance, fill_durations, load_corpora, normalize_text, read_audio,
@@ -243,7 +243,8 @@ def train(data: Sequence[str | Path], out_dir: str | Path, cfg: Dict, seed: int 
         log(f"skipped: {line}")
     rank0 = is_rank_zero()
     if fails and rank0:
-        (out / "skipped.txt").write_text("\n".join(fails) + "\n", encoding="utf-8")
+        with atomic_write(out / "skipped.txt", overwrite=True) as f:  # the run folder is ours (prepare_run_dir)
+            f.write("\n".join(fails) + "\n")
     if not utts:
         raise UserError(str(data[0]), "no usable training utterance (see the lines above)")
     if not valid and float(cfg["val_fraction"]) > 0 and len(utts) >= 4:
