@@ -1,6 +1,8 @@
 """recsys benchmarks (results in bench/RESULTS.md, "## recsys").
 
-  python bench/bench_recsys.py quality --seeds 0 1 2 --max-epochs 30 --max-time 00:00:04:00
+  python bench/bench_recsys.py quality --seeds 0 1 2 --max-epochs 30
+  python bench/bench_recsys.py quality --models sasrec --train-mode prefix --batch-size 256 --max-epochs 2  # parity
+  (RecBole's side of the parity: bench/recbole_peer.py, in its own venv)
   python bench/bench_recsys.py speed --lens 50 200 1000 5000
   python bench/bench_recsys.py topk
   python bench/bench_recsys.py incremental --lens 50 200 1000
@@ -34,9 +36,13 @@ def quality(args):
 
     torch.set_num_threads(args.threads)
     data = load_dataset(ML100K, warn=False)
-    runs = [("sasrec", {}), ("mamba4rec", {}), ("tim4rec", {})]
-    if args.with_sequence:
-        runs.append(("tim4rec", {"model": {"time_mix": "sequence"}, "train_mode": "prefix", "batch_size": 256}))
+    base = {"train_mode": args.train_mode, "patience": args.patience}
+    if args.batch_size:
+        base["batch_size"] = args.batch_size
+    runs = [(m, dict(base)) for m in args.models]
+    if args.with_sequence:  # the paper's form sees every gap of its window: RecBole's prefixes only
+        runs.append(("tim4rec", dict(base, model={"time_mix": "sequence"}, train_mode="prefix",
+                                     batch_size=args.batch_size or 256)))
     rows = []
     out = Path(args.out)
     for seed in args.seeds:
@@ -46,7 +52,8 @@ def quality(args):
             over = dict(over, lr=args.lr)
             res = train(str(ML100K), name, str(out / f"{tag}_s{seed}"), seed=seed, overwrite=True, progress=False,
                         max_epochs=args.max_epochs, max_time=args.max_time, overrides=over, data=data)
-            row = dict(model=tag, seed=seed, epochs=res["epochs"], train_cpu_s=res["train_cpu_s"],
+            row = dict(impl="ours", model=tag, seed=seed, epochs=res["epochs"], n_interactions=res["n_interactions"],
+                       n_users=res["n_users"], n_items=res["n_items"], train_cpu_s=res["train_cpu_s"],
                        total_cpu_s=round(time.process_time() - c0, 1), val_ndcg10=res["val"]["ndcg@10"],
                        ndcg10=res["test"]["ndcg@10"], hr10=res["test"]["hit@10"], mrr10=res["test"]["mrr@10"],
                        n_params=res["n_params"])
@@ -181,7 +188,11 @@ def main():
     q = sub.add_parser("quality")
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     q.add_argument("--max-epochs", type=int, default=30)
-    q.add_argument("--max-time", default="00:00:04:00")
+    q.add_argument("--max-time", default=None)
+    q.add_argument("--models", nargs="+", default=["sasrec", "mamba4rec", "tim4rec"])
+    q.add_argument("--train-mode", default="window", choices=["window", "prefix"])
+    q.add_argument("--batch-size", type=int, default=None, help="default: the app's (64)")
+    q.add_argument("--patience", type=int, default=10)
     q.add_argument("--lr", type=float, default=1e-3)
     q.add_argument("--with-sequence", action="store_true", help="also the paper's sequence-axis TiM4Rec (prefixes)")
     q.add_argument("--out", default="/tmp/bench_recsys")

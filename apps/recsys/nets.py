@@ -94,6 +94,7 @@ class SASRec(SeqRecNet):
             layer = nn.TransformerEncoderLayer(d_model, n_heads, inner_size, dropout, activation="gelu",
                                                layer_norm_eps=eps, batch_first=True, norm_first=False)
             layer.self_attn.dropout = attn_dropout
+            layer.dropout = nn.Identity()  # RecBole's FeedForward has no dropout between its two linears
             self.layers.append(layer)
         self.apply(_init_recbole)
         for layer in self.layers:

@@ -107,6 +107,19 @@ def test_sampled_softmax_logq_matches_formula():
     assert mod.log_q[1] > mod.log_q[2]  # popular items are proposed more often
 
 
+def test_sasrec_dropout_sites_match_recbole():
+    """RecBole's SASRec drops out the embedding and, per layer, the attention output and the FFN output (no
+    dropout between the FFN's two linears, unlike torch's TransformerEncoderLayer): 1 + 2 * n_layers hidden
+    dropouts per forward (attention-probability dropout is inside MultiheadAttention)."""
+    net = build_net("sasrec", 20, 6, **dict(MODEL_DEFAULTS["sasrec"], **SMALL["sasrec"])).train()
+    calls = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.register_forward_hook(lambda *a: calls.append(1))
+    net(torch.randint(1, 21, (2, 6)), torch.zeros(2, 6))
+    assert len(calls) == 1 + 2 * len(net.layers)
+
+
 def test_topk_chunked_matches_full_sort_with_exclusions():
     torch.manual_seed(0)
     mod = RecModule("sasrec", dict(MODEL_DEFAULTS["sasrec"], **SMALL["sasrec"]), 50, 5)
