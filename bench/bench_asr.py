@@ -300,33 +300,42 @@ def bench_generalise(a) -> None:
 
     import torch
 
+    from apps.asr.decode import DECODE_CTC_WEIGHT
     from apps.asr.infer import evaluate_utterances
     from apps.asr.synth import WORDS, make_corpus, random_sentences
     from apps.asr.train import DEFAULTS, load_asr_module, prepare_utterances, train
 
     torch.set_num_threads(1)
     work = Path(a.out or tempfile.mkdtemp(prefix="asr_gen_"))
-    sents = random_sentences(a.n_train + a.n_test, 0, 3, 8, WORDS)
     t0 = time.time()
-    tr = make_corpus(work / "train", sents[:a.n_train], ["m1", "f1", "m3", "f3", "m5"], seed=0)
-    te = make_corpus(work / "test", sents[a.n_train:], ["f5"], seed=1, prefix="test")
-    print(f"corpus: {a.n_train} train sentences (5 voices), {a.n_test} held-out sentences (unseen voice f5), "
-          f"{time.time() - t0:.0f} s", flush=True)
+    te = work / "test" / "manifest.tsv"
+    if not a.eval_only:
+        sents = random_sentences(a.n_train + a.n_test, 0, 3, 8, WORDS)
+        tr = make_corpus(work / "train", sents[:a.n_train], ["m1", "f1", "m3", "f3", "m5"], seed=0)
+        te = make_corpus(work / "test", sents[a.n_train:], ["f5"], seed=1, prefix="test")
+        print(f"corpus: {a.n_train} train sentences (5 voices), {a.n_test} held-out sentences (unseen voice f5), "
+              f"{time.time() - t0:.0f} s", flush=True)
     utts, _ = prepare_utterances([str(te)], None)
     rows = []
     for preset in (a.preset, f"conformer-{a.preset}"):
-        cfg = {**DEFAULTS, "model": {"preset": preset}, "val_fraction": 0.0, "vocab_size": 128,
-               "batch_seconds": a.batch_seconds, "lr": a.lr}
-        c0 = time.process_time()
-        m = train([str(tr)], work / preset, cfg, seed=0, progress=False,
-                  trainer_kwargs={"max_epochs": 100000, "callbacks": [_cpu_timer(a.minutes)]})
-        cpu = time.process_time() - c0
+        if a.eval_only:   # re-score the run folders of an earlier run (same --out)
+            m = json.loads((work / preset / "metrics.json").read_text())
+            cpu = float("nan")
+        else:
+            cfg = {**DEFAULTS, "model": {"preset": preset}, "val_fraction": 0.0, "vocab_size": 128,
+                   "batch_seconds": a.batch_seconds, "lr": a.lr}
+            c0 = time.process_time()
+            m = train([str(tr)], work / preset, cfg, seed=0, progress=False,
+                      trainer_kwargs={"max_epochs": 100000, "callbacks": [_cpu_timer(a.minutes)]})
+            cpu = time.process_time() - c0
         _loss_curve(work / preset, every=max(1, m["epochs"] // 8))
         module = load_asr_module(work / preset)
-        for decode in ("greedy", "beam"):
-            met, _, _ = evaluate_utterances(module, utts, decode=decode, progress=False)
+        for decode, w in (("greedy", None), ("beam", DECODE_CTC_WEIGHT), ("beam", 0.3)):
+            kw = {} if w is None else {"ctc_weight": w}
+            met, _, _ = evaluate_utterances(module, utts, decode=decode, progress=False, **kw)
+            name = decode if w is None else f"joint beam 10, CTC weight {w}"
             rows.append(f"| {preset} | {m['n_params'] / 1e6:.2f} M | {m['steps']} steps, {m['epochs'] + 1} epochs, "
-                        f"{cpu:.0f} CPU s | {decode} | WER {100 * met['wer']:.2f} % | CER {100 * met['cer']:.2f} % |")
+                        f"{cpu:.0f} CPU s | {name} | WER {100 * met['wer']:.2f} % | CER {100 * met['cer']:.2f} % |")
             print(rows[-1], flush=True)
     print("\n| model | params | training | decode | held-out WER | CER |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
@@ -376,6 +385,7 @@ def main() -> int:
     g.add_argument("--minutes", type=float, default=30, help="CPU minutes of training per model")
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--batch-seconds", type=float, default=120.0)
+    g.add_argument("--eval-only", action="store_true", help="re-score the models an earlier run left in --out")
     g.add_argument("--out", default=None)
     a = p.parse_args()
     {"speed": bench_speed, "rtf": bench_rtf, "stream": bench_stream, "longform": bench_longform,

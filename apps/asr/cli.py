@@ -19,7 +19,10 @@ from typing import List, Optional
 from core.engine import (AppCLI, ItemFailures, UserError, check_new_output, is_rank_zero, require_extra,
                          require_paths, resolve_checkpoint, resolve_config, trainer_kwargs_from_args, write_json)
 
+from .decode import DECODE_CTC_WEIGHT   # torch only: no extra needed
+
 EXTRA = ["soundfile", "soxr", "sentencepiece", "jiwer"]
+CTC_WEIGHT_HELP = f"CTC prefix weight in beam search (default {DECODE_CTC_WEIGHT}, ESPnet2's)"
 DECODE_HELP = "greedy (best CTC path) or beam (joint decoder/CTC-prefix beam search, ESPnet's)"
 
 
@@ -102,7 +105,7 @@ def cmd_evaluate(args) -> int:
 
     module = _load(args.checkpoint, args.device)
     utts, fails = prepare_utterances(args.data, None)
-    m, rows, f2 = evaluate_utterances(module, utts, decode=args.decode, beam=args.beam)
+    m, rows, f2 = evaluate_utterances(module, utts, decode=args.decode, beam=args.beam, ctc_weight=args.ctc_weight)
     failures = ItemFailures("utterance")
     for line in fails + f2:
         failures.fail(*line.split(": ", 1)) if ": " in line else failures.fail(line, "unusable")
@@ -129,7 +132,8 @@ def cmd_transcribe(args) -> int:
     files = find_audio(args.input)
     module = _load(args.checkpoint, args.device)
     failures = ItemFailures("file")
-    results = transcribe_files(module, files, args.decode, args.beam, on_fail=failures.fail)
+    results = transcribe_files(module, files, args.decode, args.beam, on_fail=failures.fail,
+                               ctc_weight=args.ctc_weight)
     if results:
         write_transcripts(results, out, overwrite=args.overwrite)
         for r in results:
@@ -196,6 +200,7 @@ def build_cli() -> AppCLI:
     e.add_required("--data", nargs="+", default=None, help="labelled corpus folder(s) or manifest(s) (required)")
     e.add_argument("--decode", default="beam", choices=["greedy", "beam"], help=DECODE_HELP + " (default beam)")
     e.add_argument("--beam", type=int, default=10, help="beam size (default 10)")
+    e.add_argument("--ctc-weight", type=float, default=DECODE_CTC_WEIGHT, help=CTC_WEIGHT_HELP)
 
     r = cli.predict("transcribe audio files (text, word times, real-time factor)", cmd_transcribe,
                     name="transcribe", out_help="output file: OUT.jsonl, OUT.txt or OUT.srt")
@@ -204,6 +209,7 @@ def build_cli() -> AppCLI:
                    help=DECODE_HELP + "; auto (default): beam up to 60 s, greedy beyond (streamed from disk "
                    "for causal models)")
     r.add_argument("--beam", type=int, default=10, help="beam size (default 10)")
+    r.add_argument("--ctc-weight", type=float, default=DECODE_CTC_WEIGHT, help=CTC_WEIGHT_HELP)
 
     s = cli.command("stream", "transcribe a file chunk by chunk, printing partial text (causal models)",
                     cmd_stream)

@@ -161,9 +161,14 @@ class Hyp:
     r: Tuple[torch.Tensor, torch.Tensor] = field(default=None, repr=False)
 
 
+# CTC weight in joint decoding: ESPnet2's asr_inference default. The training loss keeps 0.3; at
+# 0.3 in decoding an under-trained decoder's early <eos> outweighs the CTC evidence (deletions).
+DECODE_CTC_WEIGHT = 0.5
+
+
 @torch.no_grad()
 def joint_beam_search(decoder, enc: torch.Tensor, ctc_logp: torch.Tensor, sos_eos: int, beam: int = 10,
-                      ctc_weight: float = 0.3, maxlen_ratio: float = 1.0, blank: int = 0,
+                      ctc_weight: float = DECODE_CTC_WEIGHT, maxlen_ratio: float = 1.0, blank: int = 0,
                       pre_beam_ratio: float = 1.5) -> Tuple[List[int], float]:
     """ESPnet-style joint decoding of one utterance: score = (1 - w) * attention + w * CTC prefix.
 

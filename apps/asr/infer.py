@@ -15,7 +15,7 @@ import torch
 from core.engine import UserError, atomic_write, progress as progress_bar
 
 from .data import SAMPLE_RATE, Utterance, iter_audio_blocks, normalize_text, read_audio
-from .decode import CTCGreedyStream, ctc_align, ctc_greedy, joint_beam_search, word_times
+from .decode import DECODE_CTC_WEIGHT, CTCGreedyStream, ctc_align, ctc_greedy, joint_beam_search, word_times
 from .features import StreamingLogMel
 from .model import EncoderStream
 
@@ -31,7 +31,8 @@ def _result(module, tokens: List[int], spans, duration: float, seconds: float, d
 
 
 @torch.no_grad()
-def recognize(module, wav: np.ndarray, decode: str = "auto", beam: int = 10, ctc_weight: float = 0.3) -> dict:
+def recognize(module, wav: np.ndarray, decode: str = "auto", beam: int = 10,
+              ctc_weight: float = DECODE_CTC_WEIGHT) -> dict:
     """One waveform (n,) at 16 kHz -> {text, words [{word, start, end}], duration, rtf, decode}.
 
     ``decode``: "greedy" (CTC), "beam" (joint attention/CTC beam search) or "auto" (beam up to
@@ -103,7 +104,7 @@ def stream_file(module, path: str | Path, chunk_ms: float = 640.0,
 
 
 def transcribe_file(module, path: str | Path, decode: str = "auto", beam: int = 10,
-                    max_hours: float = 2.0) -> dict:
+                    max_hours: float = 2.0, ctc_weight: float = DECODE_CTC_WEIGHT) -> dict:
     """A file of any length: causal models stream it from disk (constant memory); offline models
     read it whole (up to ``max_hours``) and run the encoder once over all of it."""
     if module.net.causal and decode in ("auto", "greedy"):
@@ -115,7 +116,7 @@ def transcribe_file(module, path: str | Path, decode: str = "auto", beam: int = 
             r["decode"] = "greedy"
             return r
     wav = read_audio(path, max_seconds=max_hours * 3600)
-    return recognize(module, wav, decode=decode, beam=beam)
+    return recognize(module, wav, decode=decode, beam=beam, ctc_weight=ctc_weight)
 
 
 def _silent(path: str | Path) -> bool:
@@ -168,14 +169,14 @@ def write_transcripts(results: List[dict], out: Path, overwrite: bool = False) -
 
 
 def transcribe_files(module, files: Sequence[Path], decode: str = "auto", beam: int = 10,
-                     show_progress: bool = True, on_fail: Optional[Callable[[object, str], None]] = None,
+                     show_progress: bool = True, ctc_weight: float = DECODE_CTC_WEIGHT, on_fail: Optional[Callable[[object, str], None]] = None,
                      log=lambda s: print(s, file=sys.stderr)) -> List[dict]:
     """Transcribe every file; a bad file calls ``on_fail(file, problem)`` and the others go on."""
     results = []
     it = progress_bar(files, "transcribing", total=len(files)) if show_progress else files
     for p in it:
         try:
-            r = transcribe_file(module, p, decode=decode, beam=beam)
+            r = transcribe_file(module, p, decode=decode, beam=beam, ctc_weight=ctc_weight)
         except UserError as e:
             msg = str(e)
             problem = msg[len(f"{p}: "):] if msg.startswith(f"{p}: ") else msg
@@ -193,7 +194,7 @@ def transcribe_files(module, files: Sequence[Path], decode: str = "auto", beam: 
 
 # ------------------------------------------------------------------------------------- evaluation
 def evaluate_utterances(module, utts: Sequence[Utterance], decode: str = "greedy", beam: int = 10,
-                        progress: bool = True, log=print) -> Tuple[Dict, List[dict], List[str]]:
+                        progress: bool = True, log=print, ctc_weight: float = DECODE_CTC_WEIGHT) -> Tuple[Dict, List[dict], List[str]]:
     """Corpus WER/CER (jiwer, on normalised text) and per-utterance rows; bad items are skipped."""
     import jiwer
 
@@ -205,7 +206,7 @@ def evaluate_utterances(module, utts: Sequence[Utterance], decode: str = "greedy
         except UserError as e:
             failures.append(str(e))
             continue
-        r = recognize(module, wav, decode=decode, beam=beam)
+        r = recognize(module, wav, decode=decode, beam=beam, ctc_weight=ctc_weight)
         ref, hyp = normalize_text(u.text or ""), normalize_text(r["text"])
         refs.append(ref)
         hyps.append(hyp)
