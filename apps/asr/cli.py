@@ -19,7 +19,7 @@ from typing import List, Optional
 from core.engine import (AppCLI, ItemFailures, UserError, check_new_output, is_rank_zero, require_extra,
                          require_paths, resolve_checkpoint, resolve_config, trainer_kwargs_from_args, write_json)
 
-from .decode import DECODE_CTC_WEIGHT   # torch only: no extra needed
+DECODE_CTC_WEIGHT = 0.5  # apps.asr.decode.DECODE_CTC_WEIGHT (tested equal); not imported: torch would load
 
 EXTRA = ["soundfile", "soxr", "sentencepiece", "jiwer"]
 CTC_WEIGHT_HELP = f"CTC prefix weight in beam search (default {DECODE_CTC_WEIGHT}, ESPnet2's)"

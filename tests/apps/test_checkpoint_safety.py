@@ -34,7 +34,7 @@ def _predict_argv(app, tmp_path, ckpt):
     if app == "timeseries":
         csv = inputs / "series.csv"
         csv.write_text("date,a\n" + "".join(f"2020-01-01 {h:02d}:00:00,{h}\n" for h in range(24)))
-        return ["forecast", "--checkpoint", str(ckpt), "--data", str(csv), "-o", str(tmp_path / "out.csv")]
+        return ["forecast", "--checkpoint", str(ckpt), "-i", str(csv), "-o", str(tmp_path / "out.csv")]
     if app == "recsys":
         return ["recommend", "--checkpoint", str(ckpt), "--user", "1", "-o", str(tmp_path / "out.csv")]
     return ["predict", "--checkpoint", str(ckpt), "-i", str(inputs), "-o", str(tmp_path / "out")]

@@ -118,3 +118,9 @@ def test_tokenizer_command(short_manifest, tmp_path, capsys):
     assert rc == 0 and out.is_file()
     rc, _, se = run(["tokenizer", "--data", str(short_manifest), "--vocab-size", "60", "-o", str(out)], capsys)
     assert rc == 2 and "already exists" in se
+
+
+def test_cli_ctc_weight_default_matches_decode():
+    from apps.asr import cli, decode
+
+    assert cli.DECODE_CTC_WEIGHT == decode.DECODE_CTC_WEIGHT
